@@ -1,0 +1,260 @@
+"""The scanner: every gate stub in an image's code, with instruction-boundary evidence.
+
+``scan(image)`` runs three steps per code region:
+
+1. candidates (:mod:`.candidates`): byte patterns of every shape, found by regex;
+2. proof (:mod:`.sweep`): is the candidate's first byte an instruction start, decoded in the
+   region's bitness, reached from a known boundary?
+3. classification: a proven start whose bytes match a shape of the region's bitness with an
+   allowed selector is a :class:`Site`; everything else that looked like a stub is kept as a
+   :class:`NearMiss` with a machine-readable reason.
+
+Stub patterns in data regions are never sites (near misses with reason ``non-code-region``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..catalog import MAX_STUB_SELECTOR, Shape
+from ..decode import CodeDecoder, Decoded, Kind, decode_view
+from ..gates import GateDB
+from ..gates import bundled as bundled_gates
+from ..image import Image, Region, RegionKind
+from . import candidates as _cand
+from .sweep import Sweep, Verdict
+
+CERTAIN = "certain"
+LIKELY = "likely"
+
+# Near-miss reasons (machine-readable; docs/scanning.md explains each).
+INSIDE_INSTRUCTION = "inside-instruction"
+NO_BOUNDARY_EVIDENCE = "no-boundary-evidence"
+NON_CODE_REGION = "non-code-region"
+SELECTOR_OUT_OF_RANGE = "selector-out-of-range"
+WRONG_BITNESS = "wrong-bitness"
+UNKNOWN_FORM = "unknown-form"
+STRADDLES_REGION_END = "straddles-region-end"
+CODE_64BIT = "64-bit-code"
+REASONS = (
+    INSIDE_INSTRUCTION, NO_BOUNDARY_EVIDENCE, NON_CODE_REGION, SELECTOR_OUT_OF_RANGE,
+    WRONG_BITNESS, UNKNOWN_FORM, STRADDLES_REGION_END, CODE_64BIT,
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A gate stub at a proven instruction boundary."""
+
+    file_offset: int
+    address: int
+    region: str
+    bitness: int
+    shape: str
+    length: int
+    gate: int
+    selector: int | None
+    gate_kind: str | None
+    gate_name: str | None
+    confidence: str  # "certain" or "likely"
+    evidence: str
+    marker: int | None = None  # UD2 forms: the byte after UD2
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "file_offset": self.file_offset, "address": self.address, "region": self.region,
+            "bitness": self.bitness, "shape": self.shape, "length": self.length, "gate": self.gate,
+            "selector": self.selector, "gate_kind": self.gate_kind, "gate_name": self.gate_name,
+            "confidence": self.confidence, "evidence": self.evidence,
+        }
+        if self.marker is not None:
+            d["marker"] = self.marker
+        return d
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """Bytes that look like a stub but are not one, and why."""
+
+    file_offset: int
+    reason: str
+    region: str
+    address: int | None
+    shape: str | None  # the shape (or family) the bytes resemble
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file_offset": self.file_offset, "reason": self.reason, "region": self.region,
+            "address": self.address, "shape": self.shape, "detail": self.detail,
+        }
+
+
+@dataclass
+class ScanResult:
+    image: Image
+    sites: list[Site] = field(default_factory=list)
+    near_misses: list[NearMiss] = field(default_factory=list)
+    gates: GateDB | None = None
+    warnings: list[str] = field(default_factory=list)
+    decoded_instructions: int = 0
+
+    def summary(self) -> dict[str, object]:
+        by_shape = Counter(s.shape for s in self.sites)
+        by_kind = Counter(s.gate_kind or "unknown" for s in self.sites)
+        by_conf = Counter(s.confidence for s in self.sites)
+        unknown = sorted({(s.gate_kind or "?", s.gate) for s in self.sites if s.gate_name is None})
+        return {
+            "sites": len(self.sites),
+            "by_shape": dict(sorted(by_shape.items())),
+            "by_gate_kind": dict(sorted(by_kind.items())),
+            "by_confidence": dict(sorted(by_conf.items())),
+            "distinct_gates": len({(s.gate_kind, s.gate) for s in self.sites}),
+            "unknown_gates": [{"kind": k, "gate": g} for k, g in unknown],
+            "near_misses": len(self.near_misses),
+            "near_misses_by_reason": dict(sorted(Counter(n.reason for n in self.near_misses).items())),
+        }
+
+
+def scan(image: Image, gates: GateDB | None = None, progress: Callable[[int], None] | None = None) -> ScanResult:
+    """Find every gate stub in ``image``'s code regions.
+
+    ``gates`` names the gates (default: the bundled RDOS list). ``progress`` is called with the
+    number of region bytes done, for progress bars.
+    """
+    db = gates if gates is not None else bundled_gates()
+    result = ScanResult(image=image, gates=db)
+    result.warnings.extend(image.warnings)
+    for region in image.regions:
+        if region.size == 0:
+            continue
+        if region.kind is RegionKind.CODE and region.bitness in (16, 32):
+            _scan_code(image, region, db, result)
+        else:
+            _scan_other(image, region, result)
+        if progress is not None:
+            progress(region.size)
+    result.sites.sort(key=lambda s: s.file_offset)
+    result.near_misses.sort(key=lambda n: (n.file_offset, n.reason))
+    return result
+
+
+def _scan_other(image: Image, region: Region, result: ScanResult) -> None:
+    """Data regions and 64-bit code: stub patterns here are near misses."""
+    reason = CODE_64BIT if region.kind is RegionKind.CODE else NON_CODE_REGION
+    for hit in _cand.find(image.data, region.file_offset, region.end_offset):
+        if not hit.matches:
+            continue
+        m = hit.matches[0]
+        result.near_misses.append(
+            NearMiss(m.start, reason, region.name, region.address_of(m.start), _shape_name(m),
+                     "stub bytes in a data region" if reason == NON_CODE_REGION else "64-bit code holds no RDOS stubs")
+        )
+
+
+def _shape_name(m: _cand.Match) -> str:
+    if m.shape is not None:
+        return m.shape.id
+    assert m.family is not None
+    return "/".join(s.id for s in m.family.members)
+
+
+def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> None:
+    data = image.data
+    assert region.bitness is not None
+    dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset)
+    sweep = Sweep(dec, region.anchors, lambda addr, n: _read_at(image, addr, n, region))
+    end = region.end_offset
+    for hit in _cand.find(data, region.file_offset, end):
+        inside = [m for m in hit.matches if m.start + m.length <= end]
+        if hit.matches and not inside:
+            m = hit.matches[0]
+            result.near_misses.append(
+                NearMiss(m.start, STRADDLES_REGION_END, region.name, region.address_of(m.start), _shape_name(m),
+                         f"{m.length}-byte stub runs {m.start + m.length - end} bytes past the region end")
+            )
+            continue
+        lo = inside[0].start if inside else hit.pos
+        verdict = sweep.prove(lo, hit.pos)
+        _classify(image, region, dec, sweep, hit, inside, verdict, db, result)
+    result.decoded_instructions += sweep.decoded
+
+
+def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
+    """File bytes at a load address (jump tables may live in another section)."""
+    for r in [prefer, *image.regions]:
+        if r.address <= addr < r.address + r.size:
+            off = r.file_offset + (addr - r.address)
+            return image.data[off : min(off + n, r.end_offset)]
+    return b""
+
+
+def _classify(
+    image: Image, region: Region, dec: CodeDecoder, sweep: Sweep, hit: _cand.Hit,
+    matches: list[_cand.Match], v: Verdict, db: GateDB, result: ScanResult,
+) -> None:
+    bits = region.bitness
+    assert bits is not None
+
+    def near(off: int, reason: str, shape: str | None, detail: str) -> None:
+        result.near_misses.append(NearMiss(off, reason, region.name, region.address_of(off), shape, detail))
+
+    if v.boundary is None:
+        if not matches:
+            return  # a 9A with a small selector byte inside something else: not stub-like
+        m = matches[0]
+        if v.covering is not None:
+            s, n = v.covering
+            near(m.start, INSIDE_INSTRUCTION, _shape_name(m),
+                 f"inside '{dec.text(s)}' at {region.address_of(s):#x} ({v.evidence})")
+        else:
+            near(m.start, NO_BOUNDARY_EVIDENCE, _shape_name(m), v.reason)
+        return
+    b = v.boundary
+    m = next((x for x in matches if x.start == b), None)
+    if m is None:
+        # A boundary that is not where any shape starts: a far call to a never-valid selector
+        # that matches no shape, or no stub at all.
+        d = decode_view(bytes(image.data[b : b + 16]), bits, region.address_of(b))
+        if isinstance(d, Decoded) and d.kind in (Kind.CALLF, Kind.JMPF) and d.selector is not None \
+                and d.selector <= MAX_STUB_SELECTOR and b + d.length > hit.pos:
+            near(b, UNKNOWN_FORM, _shape_name(matches[0]) if matches else None,
+                 f"'{d.text}' at a proven boundary matches no shape")
+        return
+    shape = m.shape
+    if shape is None:
+        near(b, SELECTOR_OUT_OF_RANGE, _shape_name(m),
+             f"selector {m.selector} is not one this form uses")
+        return
+    if shape.bitness is not None and shape.bitness != bits:
+        d = decode_view(bytes(image.data[b : b + 16]), bits, region.address_of(b))
+        what = f"'{d.text}'" if isinstance(d, Decoded) else "not an instruction"
+        near(b, WRONG_BITNESS, shape.id, f"{shape.bitness}-bit form in {bits}-bit code decodes as {what}")
+        return
+    if not _decodes_as_stub(image.data, b, shape, bits, region, m):
+        near(b, UNKNOWN_FORM, shape.id, "bytes match the shape but do not decode as its call")
+        return
+    kind = shape.kind_of(m.selector, m.marker)
+    result.sites.append(
+        Site(
+            file_offset=b, address=region.address_of(b), region=region.name, bitness=bits,
+            shape=shape.id, length=m.length, gate=m.gate, selector=m.selector,
+            gate_kind=kind.value if kind else None, gate_name=db.name(kind, m.gate),
+            confidence=CERTAIN if v.strong else LIKELY, evidence=v.evidence, marker=m.marker,
+        )
+    )
+    sweep.accept(b, m.length)
+
+
+def _decodes_as_stub(data: bytes, b: int, shape: Shape, bits: int, region: Region, m: _cand.Match) -> bool:
+    """The shape's trapping instruction decodes as expected in this bitness (belt and braces:
+    the shape table and the decoder must agree)."""
+    at = b + shape.call_at
+    d = decode_view(bytes(data[at : at + 16]), bits, region.address_of(at))
+    if not isinstance(d, Decoded):
+        return False
+    if not shape.has_selector:
+        return d.kind is Kind.UD2
+    return d.kind is Kind.CALLF and d.selector == m.selector and d.length == shape.call_length
