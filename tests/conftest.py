@@ -82,6 +82,32 @@ def boot_image(*objects: bytes) -> bytes:
     return b"".join(objects) + struct.pack("<IIHH", 0x5A1E75D4, 0, 0xE5E5, 0)
 
 
+def pe32(code: bytes, data: bytes = b"", subsystem: int = 0xAD05, entry_offset: int = 0) -> bytes:
+    """A minimal PE32 image (DOS header, PE header, optional header, .text and .data), written
+    from the PE/COFF layout, not with pefile. File alignment 0x200, section alignment 0x1000."""
+    def align(n: int, a: int) -> int:
+        return (n + a - 1) // a * a
+
+    text_raw = align(len(code), 0x200)
+    data_raw = align(max(len(data), 1), 0x200)
+    dos = bytearray(0x80)
+    dos[0:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, 0x80)
+    coff = struct.pack("<IHHIIIHH", 0x4550, 0x14C, 2, 0, 0, 0, 0xE0, 0x0102)
+    opt = struct.pack(
+        "<HBBIIIIIIIIIHHHHHHIIIIHHIIIIII",
+        0x10B, 2, 40, text_raw, data_raw, 0, 0x1000 + entry_offset, 0x1000, 0x2000, 0x400000,
+        0x1000, 0x200, 8, 8, 0, 0, 4, 0, 0, 0x3000, 0x200, 0, subsystem, 0, 0x100000, 0x1000,
+        0x100000, 0x1000, 0, 16,
+    ) + bytes(16 * 8)
+    sec = struct.pack("<8sIIIIIIHHI", b".text", len(code), 0x1000, text_raw, 0x200, 0, 0, 0, 0, 0x60000020)
+    sec += struct.pack("<8sIIIIIIHHI", b".data", max(len(data), 1), 0x2000, data_raw, 0x200 + text_raw, 0, 0, 0, 0,
+                       0xC0000040)
+    head = bytes(dos) + coff + opt + sec
+    head += bytes(0x200 - len(head))
+    return head + code + bytes(text_raw - len(code)) + data + bytes(data_raw - len(data))
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run ``gatelink`` in-process: (exit code, stdout, stderr)."""
     from gatelink.cli import main

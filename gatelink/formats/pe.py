@@ -62,6 +62,12 @@ def _precheck(path: str, data: bytes) -> None:
         raise InputError(path, f"truncated PE: e_lfanew {e_lfanew:#x} points past the end ({len(data)} bytes)")
     if data[e_lfanew : e_lfanew + 4] != b"PE\0\0":
         raise InputError(path, f"no PE signature at e_lfanew {e_lfanew:#x} (an MZ-only DOS program?)")
+    nsections, = struct.unpack_from("<H", data, e_lfanew + 6)
+    opt_size, = struct.unpack_from("<H", data, e_lfanew + 20)
+    end = e_lfanew + 24 + opt_size + 40 * nsections
+    if end > len(data):
+        raise InputError(path, f"truncated PE: {nsections} section headers after a {opt_size}-byte optional "
+                               f"header end at {end:#x}, the file has {len(data)} bytes")
 
 
 def _build(path: str, data: bytes, pe: pefile.PE) -> Image:
@@ -91,6 +97,11 @@ def _build(path: str, data: bytes, pe: pefile.PE) -> Image:
         img.warnings.append("PE32+ (64-bit) image: RDOS gate stubs are 16/32-bit, none are expected here")
     elif fh.Machine != 0x14C:
         img.warnings.append(f"machine is {machine}, not i386: code is decoded as 32-bit x86 anyway")
+    if len(pe.sections) != fh.NumberOfSections:
+        # pefile drops section headers it cannot use (data past the end, absurd sizes).
+        bad = fh.NumberOfSections - len(pe.sections)
+        raise InputError(path, f"malformed PE: {bad} of {fh.NumberOfSections} section headers are unusable "
+                               "(raw data outside the file or absurd sizes)")
     if len(pe.sections) == 0:
         img.warnings.append("no sections")
 
@@ -108,15 +119,11 @@ def _build(path: str, data: bytes, pe: pefile.PE) -> Image:
         vsize = s.Misc_VirtualSize
         size = min(raw_size, vsize) if vsize else raw_size
         note = ""
-        if raw_off > len(data):
-            img.warnings.append(f"section {name}: raw data at {raw_off:#x} starts past the end of the file")
-            size = 0
-            raw_off = len(data)
-        elif raw_off + size > len(data):
-            have = len(data) - raw_off
-            img.warnings.append(f"section {name}: {size} raw bytes declared, file holds {have}")
-            size = have
-            note = "truncated"
+        if raw_size and raw_off + raw_size > len(data):
+            # A loader refuses such an image: the file is truncated or the header is damaged.
+            have = max(0, len(data) - raw_off)
+            raise InputError(path, f"truncated PE: section {name} declares {raw_size} raw bytes at {raw_off:#x}, "
+                                   f"the file holds {have}")
         va = s.VirtualAddress
         executable = bool(s.Characteristics & (_SCN_MEM_EXECUTE | _SCN_CNT_CODE))
         anchors: list[Anchor] = []
