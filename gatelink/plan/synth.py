@@ -102,13 +102,17 @@ def store_for(site: PatchSite, positions: list[int] | tuple[int, ...]) -> tuple[
 
 class Synthesizer:
     def __init__(self, site: PatchSite, model: FetchModel, policy: Policy,
-                 max_syncs: int = MAX_SYNCS, max_writes: int = MAX_WRITES) -> None:
+                 max_syncs: int = MAX_SYNCS, max_writes: int = MAX_WRITES,
+                 prune_merge: bool = True, prune_mix: bool = True) -> None:
         self.site = site
         self.model = model
         self.checker = Checker(site, model, policy)
         self.t, self.units = units(site, model)
         self.max_syncs = max_syncs
         self.max_writes = max_writes
+        # The prunings can be switched off to test that they lose no optimal plan.
+        self.prune_merge = prune_merge
+        self.prune_mix = prune_mix
         self.O = site.original
         self.F = site.final
         self._check_cache: dict[tuple[object, ...], bool] = {}
@@ -198,7 +202,7 @@ class Synthesizer:
                 last: tuple[int, ...] | None) -> list[Step] | None:
         cur = states[-1]
         self.nodes += 1
-        if syncs_left == 0 and not self._mix_ok(epoch[0]):
+        if self.prune_mix and syncs_left == 0 and not self._mix_ok(epoch[0]):
             return None
         pending = [u for u in range(len(self.units)) if u not in done]
         # Every pending unit and an unfinished trap byte each need a store; stores hold at most 8
@@ -206,7 +210,7 @@ class Synthesizer:
         if writes_left < (1 if pending or trap != self.F[self.t] else 0):
             return None
         for pos, new_done, new_trap, used in self._moves(done, trap, trap_used, pending):
-            if last is not None and self._store(tuple(pos) + last) is not None:
+            if self.prune_merge and last is not None and self._store(tuple(pos) + last) is not None:
                 continue  # the merge pruning: one store would do both
             nxt = self._state(new_done, new_trap)
             if nxt in epoch:
