@@ -261,7 +261,9 @@ class Checker:
             if self.policy.is_call_gate(v):
                 return ("callgate", sel)
             return ("callf", sel, off, d.opsize)
-        if d.kind is Kind.CALL:
+        if d.kind is Kind.CALL and d.imm:
+            # A relative near call. The decoder also gives Kind.CALL to SYSENTER, SYSCALL, VMCALL,
+            # VMMCALL and VMRUN (call-like flow, no operand): other instructions (decision 4).
             return self._near_call(dc, pos)
         if d.kind is Kind.PUSH or d.kind is Kind.POP:
             return ("push" if d.kind is Kind.PUSH else "pop", d.reg, d.opsize)
@@ -281,7 +283,8 @@ class Checker:
         end = self.A + pos + d.length
         if any(is_var(a) for a in rel):
             return ("call", end, rel, d.opsize)
-        mask = 0xFFFFFFFF if d.opsize == 32 or self.bits == 32 else 0xFFFF
+        # A 16-bit operand size clears the upper half of EIP, in 32-bit code too (SDM, CALL).
+        mask = 0xFFFFFFFF if d.opsize == 32 else 0xFFFF
         value = int.from_bytes(bytes(rel), "little", signed=False)
         return ("call", (end + value) & mask, d.opsize)
 
