@@ -129,9 +129,48 @@ class CodeDecoder:
             return n, Flow.NEXT, None, data_like
         return n, Flow.STOP, None, data_like
 
-    def jump_table(self, offset: int) -> tuple[int, int] | None:
+    def run(self, offset: int, limit: int, stop_on_data: bool) -> tuple[int, int, int]:
+        """Decode plain fall-through instructions from ``offset`` while they start before
+        ``limit``: the scanner's hot loop, kept free of per-instruction allocation.
+
+        Stops before the first instruction that is not plain fall-through (a branch, call,
+        return, interrupt...), is invalid or runs past the region, or, with ``stop_on_data``,
+        is data-like (see :meth:`step`); :meth:`step` then decides about that one. Returns
+        ``(pos, last, count)``: where it stopped, the start of the last instruction it consumed
+        (-1 if none) and how many it consumed.
+        """
+        d = self._dec
+        ins = self._insn
+        d.position = offset
+        d.ip = offset + self._delta
+        end = self._end
+        data = self._data
+        next_ = _FC.NEXT
+        data_like = _DATA_LIKE_MNEMONICS
+        string_io = _STRING_IO_MNEMONICS
+        pos = offset
+        last = -1
+        count = 0
+        while pos < limit:
+            d.decode_out(ins)
+            n = ins.len
+            if ins.flow_control != next_ or pos + n > end:
+                break
+            if stop_on_data:
+                mn = ins.mnemonic
+                if mn in data_like or (mn in string_io and not ins.has_rep_prefix) \
+                        or (n == 2 and data[pos] == 0 and data[pos + 1] == 0):
+                    break
+            last = pos
+            pos += n
+            count += 1
+        return pos, last, count
+
+    def jump_table(self, offset: int) -> tuple[int, int, int | None] | None:
         """For an indirect jump through a table (``jmp [table + reg*4]``, 16-bit
-        ``jmp [cs:bx + table]``) at ``offset``: (table address, entry size); else None."""
+        ``jmp [cs:bx + table]``) at ``offset``: (table address, entry size, entry count or
+        None); else None. The count comes from the bounds check compilers put right before
+        the jump (``cmp reg, N`` then ``ja``/``jae`` to the default case), when there is one."""
         d = self._dec
         d.position = offset
         d.ip = offset + self._delta
@@ -142,10 +181,40 @@ class CodeDecoder:
         if self._bitness == 16:
             if ins.memory_base in (_REG.NONE, _REG.BX, _REG.SI, _REG.DI) and ins.memory_index == _REG.NONE \
                     and ins.memory_base != _REG.NONE and ins.memory_displacement:
-                return ins.memory_displacement & 0xFFFF, 2
+                return ins.memory_displacement & 0xFFFF, 2, self._table_bound(offset)
             return None
         if ins.memory_base == _REG.NONE and ins.memory_index != _REG.NONE and ins.memory_index_scale == 4:
-            return ins.memory_displacement & 0xFFFFFFFF, 4
+            return ins.memory_displacement & 0xFFFFFFFF, 4, self._table_bound(offset)
+        return None
+
+    def _table_bound(self, offset: int) -> int | None:
+        """Entries allowed by a ``cmp reg, imm`` + ``ja``/``jae`` that lead straight (a few
+        instructions, decoding exactly onto ``offset``) to the table jump at ``offset``."""
+        d = self._dec
+        ins = self._insn
+        for s in range(max(self._start, offset - _BOUND_WINDOW), offset):
+            d.position = s
+            d.ip = s + self._delta
+            d.decode_out(ins)
+            if ins.is_invalid or ins.mnemonic != _M.CMP or ins.op_count != 2 or ins.op0_kind != _OK.REGISTER \
+                    or ins.op1_kind not in _IMM_KINDS:
+                continue
+            limit = ins.immediate(1) & 0xFFFFFFFF
+            pos = s + ins.len
+            count = None
+            while pos < offset:
+                d.decode_out(ins)
+                if ins.is_invalid:
+                    break
+                if ins.code in _JA_CODES:
+                    count = limit + 1
+                elif ins.code in _JAE_CODES:
+                    count = limit
+                elif ins.flow_control != _FC.NEXT:
+                    break
+                pos += ins.len
+            if pos == offset and count is not None:
+                return count
         return None
 
     def text(self, offset: int) -> str:
@@ -160,6 +229,10 @@ class CodeDecoder:
 
 
 _REG = _ix.Register
+_BOUND_WINDOW = 24  # bytes before a table jump searched for its bounds check
+_IMM_KINDS = {_OK.IMMEDIATE8, _OK.IMMEDIATE16, _OK.IMMEDIATE32, _OK.IMMEDIATE8TO16, _OK.IMMEDIATE8TO32}
+_JA_CODES = {_C.JA_REL8_16, _C.JA_REL8_32, _C.JA_REL16, _C.JA_REL32_32}
+_JAE_CODES = {_C.JAE_REL8_16, _C.JAE_REL8_32, _C.JAE_REL16, _C.JAE_REL32_32}
 
 _FORMATTER = _ix.Formatter(_ix.FormatterSyntax.NASM)
 _FORMATTER.hex_prefix = "0x"
@@ -297,7 +370,7 @@ def _opsize(ins: _ix.Instruction, bitness: int) -> int:
 
 def _stack_opsize(code: int, reg: str) -> int:
     name = _CODE_NAMES.get(code, "")
-    if name.startswith(("PUSHW", "POPW")) or name.endswith("R16"):
+    if name.startswith(("PUSHW", "POPW")) or name.endswith(("R16", "RM16")):
         return 16
     return 32
 

@@ -69,10 +69,12 @@ def outcome(path: Path, raw: bool = False) -> int:
 
 
 def mutations(data: bytes, required: int, fields: list[tuple[int, str]], rng: random.Random):
-    lengths = range(required) if required <= 400 else sorted({rng.randrange(0, required) for _ in range(200)})
+    # A real fixture holds hundreds of sites, so each scan costs more: fewer mutations of it.
+    big = len(data) > 8192
+    lengths = range(required) if required <= 400 else sorted({rng.randrange(0, required) for _ in range(100 if big else 200)})
     for n in lengths:
         yield "truncate", data[:n], True
-    for _ in range(400):
+    for _ in range(150 if big else 400):
         b = bytearray(data)
         for _ in range(rng.randint(1, 8)):
             i = rng.randrange(len(b))
@@ -99,7 +101,7 @@ def test_mutated_inputs(name, tmp_path):
         counts[kind.split("@")[0]] += 1
         if must_fail:
             assert got == 3, (name, kind, len(mutated))
-    assert sum(counts.values()) >= 400
+    assert sum(counts.values()) >= (240 if len(data) > 8192 else 400)
 
 
 def outcome_of(p: Path, data: bytes) -> int:

@@ -24,7 +24,7 @@ from ..gates import GateDB
 from ..gates import bundled as bundled_gates
 from ..image import Image, Region, RegionKind
 from . import candidates as _cand
-from .sweep import Sweep, Verdict
+from .sweep import CallIndex, Sweep, Verdict, prove_by_calls
 
 CERTAIN = "certain"
 LIKELY = "likely"
@@ -165,8 +165,12 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> 
     data = image.data
     assert region.bitness is not None
     dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset)
-    sweep = Sweep(dec, region.anchors, lambda addr, n: _read_at(image, addr, n, region))
+    def read_table(addr: int, n: int) -> bytes:
+        return _read_at(image, addr, n, region)
+
+    sweep = Sweep(dec, region.anchors, read_table)
     end = region.end_offset
+    unresolved: list[tuple[_cand.Hit, list[_cand.Match], int, Verdict]] = []
     for hit in _cand.find(data, region.file_offset, end):
         inside = [m for m in hit.matches if m.start + m.length <= end]
         if hit.matches and not inside:
@@ -178,8 +182,21 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> 
             continue
         lo = inside[0].start if inside else hit.pos
         verdict = sweep.prove(lo, hit.pos)
+        if inside and verdict.boundary is None and verdict.covering is None:
+            unresolved.append((hit, inside, lo, verdict))
+            continue
         _classify(image, region, dec, sweep, hit, inside, verdict, db, result)
     result.decoded_instructions += sweep.decoded
+    # Second chance for stub-shaped bytes nothing reached: a direct call from anywhere in the
+    # region (callers far away, or after the candidate) whose own boundary is proven.
+    if unresolved:
+        calls = CallIndex(dec, unresolved[0][2], unresolved[-1][2])
+        for hit, inside, lo, verdict in unresolved:
+            again = prove_by_calls(dec, region.anchors, read_table, calls, lo, hit.pos)
+            if again is not None:
+                result.decoded_instructions += again[1]
+                verdict = again[0]
+            _classify(image, region, dec, None, hit, inside, verdict, db, result)
 
 
 def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
@@ -192,7 +209,7 @@ def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
 
 
 def _classify(
-    image: Image, region: Region, dec: CodeDecoder, sweep: Sweep, hit: _cand.Hit,
+    image: Image, region: Region, dec: CodeDecoder, sweep: Sweep | None, hit: _cand.Hit,
     matches: list[_cand.Match], v: Verdict, db: GateDB, result: ScanResult,
 ) -> None:
     bits = region.bitness
@@ -236,6 +253,13 @@ def _classify(
     if not _decodes_as_stub(image.data, b, shape, bits, region, m):
         near(b, UNKNOWN_FORM, shape.id, "bytes match the shape but do not decode as its call")
         return
+    if not v.strong:
+        # A gate returns to the next instruction: on heuristic evidence, a stub followed by
+        # what code never falls into (int3, zeros, no instruction) is a template in data.
+        why = _not_code_after(image.data, b + m.length, bits, region)
+        if why:
+            near(b, NO_BOUNDARY_EVIDENCE, shape.id, f"{why} follows the stub bytes ({v.evidence})")
+            return
     kind = shape.kind_of(m.selector, m.marker)
     result.sites.append(
         Site(
@@ -245,7 +269,22 @@ def _classify(
             confidence=CERTAIN if v.strong else LIKELY, evidence=v.evidence, marker=m.marker,
         )
     )
-    sweep.accept(b, m.length)
+    if sweep is not None:
+        sweep.accept(b, m.length)
+
+
+def _not_code_after(data: bytes, at: int, bits: int, region: Region) -> str:
+    """Why the bytes at ``at`` cannot be where a returning call goes on, or ''."""
+    if at >= region.end_offset:
+        return ""  # the region ends: nothing to judge
+    d = decode_view(bytes(data[at : min(at + 16, region.end_offset)]), bits, region.address_of(at))
+    if not isinstance(d, Decoded):
+        return "no instruction"
+    if d.kind is Kind.INT3:
+        return "int3"
+    if data[at] == 0 and d.length == 2 and data[at + 1] == 0:
+        return "zeros"
+    return ""
 
 
 def _decodes_as_stub(data: bytes, b: int, shape: Shape, bits: int, region: Region, m: _cand.Match) -> bool:

@@ -18,6 +18,8 @@ from ..catalog import FAMILIES, UD2_SHAPES, Family, Shape
 _FAR = re.compile(rb"\x9a(?=[\x00-\xff]{4}[\x00-\x07]\x00)")
 _UD2 = re.compile(rb"\x0f\x0b(?=[\xca\xcb\xd6\xd7])")
 _UD2_BY_MARKER = {m: s for s in UD2_SHAPES for m in s.markers}
+_BEFORE_9A = frozenset(f.prefix[-2] for f in FAMILIES if len(f.prefix) > 1)
+assert all(len(f.prefix) > 1 or f.middle == b"\0\0" for f in FAMILIES)
 
 # Bytes past a region's end that are read to notice stubs straddling it.
 TAIL = 16
@@ -65,6 +67,11 @@ def find(data: bytes, start: int, end: int, limit: int | None = None) -> list[Hi
         if q >= end:
             break
         sel = data[q + 5]
+        # Every family but the bare legacy 9A forms has 66 or 67 before the 9A, and those
+        # have a zero high word of the offset: most hits in real code are neither.
+        if data[q - 1] not in _BEFORE_9A and (data[q + 3] or data[q + 4]):
+            hits.append(Hit(q, (), sel))
+            continue
         matches = []
         for fam in FAMILIES:
             op = len(fam.prefix) - 1

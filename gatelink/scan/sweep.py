@@ -15,7 +15,7 @@ collected from strongly proven code) make a site ``certain``. When no proven bou
 a candidate, the sweep may start from heuristic boundaries, which make a site ``likely``:
 
 * a padding anchor: an unconditional transfer, then a run of compiler padding (``int3``,
-  ``nop`` forms), ending at a 16-byte aligned address (a function start, in compiled code);
+  ``nop`` forms): the end of the run is a function start (or an aligned block), in compiled code;
 * a speculative linear decode from the end of an unconditional transfer, accepted only if it
   meets no instruction that decoded data produces (``decode.Flow`` / ``data_like``) and, where
   a proven boundary follows, lands exactly on it.
@@ -27,6 +27,7 @@ See docs/scanning.md for the argument and its limits.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,20 +36,33 @@ from ..decode import CodeDecoder, Flow
 from ..image import Anchor
 
 CHAIN_LIMIT = 8192  # beyond this distance the sweep re-anchors near the candidate
-SPEC_LIMIT = 2048  # longest speculative decode to a candidate
+SPEC_LIMIT = CHAIN_LIMIT  # longest speculative decode to a candidate
 GAP_CHECK = 512  # speculative decodes must land on a proven boundary this close after the candidate
 LOOKAHEAD = 64  # instructions decoded ahead of a forward jmp to find backward branches
 PAD_WINDOWS = (256, 2048, CHAIN_LIMIT)
+PAD_SLACK = 64  # padding is searched this far past a candidate, so a run is seen whole
 MAX_TABLE = 1024
 BUCKET = 12  # targets are bucketed by offset >> BUCKET
 
 # Padding compilers and assemblers put between functions (gas i386 idioms, MSVC/OW int3/nop).
-_PAD = re.compile(
+_PAD_IDIOMS = (
     rb"(?:\xcc|\x90|\x66\x90|\x89\xf6|\x8d\x36|\x8d\x76\x00|\x8d\x74\x26\x00|\x8d\xb6\x00\x00\x00\x00"
     rb"|\x8d\xb4\x26\x00\x00\x00\x00|\x8d\xbc\x27\x00\x00\x00\x00|\x2e\x8d\xb4\x26\x00\x00\x00\x00"
     rb"|\x0f\x1f\x00|\x0f\x1f\x40\x00|\x0f\x1f\x44\x00\x00|\x66\x0f\x1f\x44\x00\x00"
     rb"|\x0f\x1f\x80\x00\x00\x00\x00|\x0f\x1f\x84\x00\x00\x00\x00\x00|\x66\x0f\x1f\x84\x00\x00\x00\x00\x00"
-    rb"|\x66\x2e\x0f\x1f\x84\x00\x00\x00\x00\x00)+"
+    rb"|\x66\x2e\x0f\x1f\x84\x00\x00\x00\x00\x00)"
+)
+_PAD_ONE = re.compile(_PAD_IDIOMS)
+# A C string (optionally after alignment zeros; at least five characters, three of them lower
+# case letters or spaces): what follows a transfer in a code segment that keeps its strings
+# there. Speculation never starts at one.
+_TEXT = re.compile(rb"\x00{0,15}([\t\n\r\x20-\x7e]{5,})\x00")
+_TEXT_LETTERS = re.compile(rb"[a-z ]")
+# An unconditional transfer's last bytes (ret, retf, iret, ret n, jmp short/near, jmp reg,
+# jmp [disp32], jmp [disp32 + reg*4]), then a padding run (group 1).
+_PAD_RUN = re.compile(
+    rb"(?:[\xc3\xcb\xcf]|[\xc2\xca]..|\xeb.|\xe9....|\xff[\xe0-\xe7]|\xff\x25....|\xff\x24.....)(" + _PAD_IDIOMS + rb"+)",
+    re.DOTALL,
 )
 
 
@@ -96,10 +110,11 @@ class Sweep:
         self.evidence = ""
         self.seg_start = 0
         # Decoded instruction starts of the current walk segment, for looking back.
-        self.seg_starts: list[int] = []
-        self.seg_lens: list[int] = []
+        self.last_insn: tuple[int, int] | None = None  # (start, length) last decoded in this segment
         self.data_ranges: list[tuple[int, int]] = []  # jump tables found inline
         self.decoded = 0
+        self.pad_runs: list[tuple[int, int]] = []  # (start, end) of padding runs after a transfer
+        self.pad_lo = self.pad_hi = self.start  # padding runs are known in [pad_lo, pad_hi)
 
     # -- targets ----------------------------------------------------------------------------
 
@@ -149,10 +164,11 @@ class Sweep:
         self.evidence = evidence
         self.speculative = speculative
         self.seg_start = off
-        self.seg_starts = []
-        self.seg_lens = []
+        self.last_insn = None
 
     def _stop(self, at: int, why: str, terminated: bool) -> None:
+        if at == self.pos and at == self.seg_start and self.last_insn is None:
+            at += 1  # a walk that dies where it began must never be begun there again
         self.pos = None
         self.stuck_at = at
         self.stuck_why = why
@@ -190,20 +206,24 @@ class Sweep:
                 continue
             if self.pos >= lo:
                 break
-            self._step()
+            pos, last, count = self.dec.run(self.pos, lo, not self.strong)
+            if count:
+                self.decoded += count
+                self.last_insn = (last, pos - last)
+                self.pos = pos
+            if pos < lo:
+                self._step()  # the instruction the fast path leaves to the full rules
         if self.pos <= hi:
             return self._verdict(self.pos, lo, hi)
         # The walk is already past the span: find the instruction that covers lo.
-        starts = self.seg_starts
-        for i in range(len(starts) - 1, -1, -1):
-            s = starts[i]
+        # Walks stop at the first start at or after lo, so it is the last instruction decoded.
+        if self.last_insn is not None:
+            s, n = self.last_insn
             if s <= lo:
-                n = self.seg_lens[i]
                 if s + n > hi:
                     return Verdict(None, (s, n), self.strong, self._evidence())
                 if s + n > lo:
                     return Verdict(s + n, None, self.strong, self._evidence())
-                break
         return Verdict(None, None, False, "", "not reached")
 
     def _verdict(self, b: int, lo: int, hi: int) -> Verdict:
@@ -230,8 +250,7 @@ class Sweep:
         if data_like and not self.strong:
             self._stop(pos, f"data-like bytes decode as '{self.dec.text(pos)}' at {self.addr(pos)}", terminated=False)
             return False
-        self.seg_starts.append(pos)
-        self.seg_lens.append(n)
+        self.last_insn = (pos, n)
         end = pos + n
         if tgt is not None and tgt > pos:
             self._add_target(tgt, self.strong and not self.speculative, f"{self._kind(flow)} at {self.addr(pos)}")
@@ -270,10 +289,11 @@ class Sweep:
         jt = self.dec.jump_table(pos)
         if jt is None or self.read_table is None:
             return
-        addr, size = jt
-        raw = self.read_table(addr, size * MAX_TABLE)
+        addr, size, bound = jt
+        raw = self.read_table(addr, size * min(bound or MAX_TABLE, MAX_TABLE))
         table_off = self.dec.offset_of(addr)
         strong = self.strong and not self.speculative
+        why = f"jump table at {addr:#x}"
         first = None
         count = 0
         for i in range(0, len(raw) - size + 1, size):
@@ -283,7 +303,7 @@ class Sweep:
             off = self.dec.offset_of(entry)
             if off is None or (table_off is not None and table_off <= off < table_off + i + size):
                 break
-            self._add_target(off, strong, f"jump table at {addr:#x}")
+            self._add_target(off, strong, why)
             first = off if first is None else min(first, off)
             count += 1
         if table_off is not None and count:
@@ -308,39 +328,73 @@ class Sweep:
             tbl = self._in_data(start)
             if tbl is not None:
                 start = tbl[1]
+            m = _TEXT.match(self.data, start, lo)
+            if m is not None and len(_TEXT_LETTERS.findall(m.group(1))) >= 3:
+                # A string kept in the code segment: what follows it may be more data.
+                self._stop(start, f"a string at {self.addr(start)} after {self.stuck_why}", terminated=False)
+                return False
             self._begin(start, False, f"after {self.stuck_why}", speculative=True)
             self.terminated = False  # speculate once per stop
             return True
         return False
 
     def _padding_anchor(self, floor: int, lo: int) -> tuple[int, str] | None:
-        """The nearest boundary before ``lo`` that ends a run of padding after an unconditional
-        transfer, at a 16-byte aligned address."""
-        data = self.data
+        """The nearest boundary in ``[floor, lo]`` that ends a run of padding after an
+        unconditional transfer (where compilers start functions and aligned blocks). The search widens from the
+        candidate backwards (most functions are short)."""
+        runs = self.pad_runs
         for window in PAD_WINDOWS:
             a = max(floor, lo - window, self.start)
-            best = None
-            for m in _PAD.finditer(data, a, lo + 1):
-                r, p = m.start(), m.end()
-                if p > lo:
-                    p = self._align_down(lo)
-                    if p <= r:
-                        continue
-                if self.dec.address(p) & 15:
-                    p = self._align_down(p)
-                    if p <= r:
-                        continue
-                if self._transfer_before(r):
-                    best = (p, r)
-            if best is not None:
-                p, r = best
-                return p, f"padding {self.addr(r)}..{self.addr(p)} after an unconditional transfer"
+            self._scan_padding(a, min(self.end, lo + PAD_SLACK))
+            i = bisect.bisect_right(runs, (lo, 1 << 62))
+            while i > 0:
+                i -= 1
+                r, e = runs[i]
+                if r < a:
+                    break
+                p = self._aligned_idiom_end(r, min(e, lo))
+                if p > r:
+                    return p, f"padding {self.addr(r)}..{self.addr(p)} after an unconditional transfer"
             if a == floor or a == self.start:
                 break
         return None
 
-    def _align_down(self, off: int) -> int:
-        return off - (self.dec.address(off) & 15)
+    def _scan_padding(self, lo: int, hi: int) -> None:
+        """Make ``pad_runs`` cover ``[lo, hi)``: the padding runs that follow a transfer.
+
+        The covered span only grows while candidates advance (they come in address order), so
+        each byte is searched about once; one regex whose first byte is a transfer opcode keeps
+        the search in C. A run is recorded by its first padding byte."""
+        runs = self.pad_runs
+        if lo >= self.pad_hi or hi <= self.pad_lo:  # disjoint: start afresh
+            runs.clear()
+            self.pad_lo = self.pad_hi = lo
+        if lo < self.pad_lo:
+            below = [(m.start(1), m.end(1)) for m in _PAD_RUN.finditer(self.data, lo, self.pad_lo + PAD_SLACK)]
+            keep = [x for x in below if x[0] < self.pad_lo]
+            runs[:0] = keep
+            self.pad_lo = lo
+        if hi > self.pad_hi:
+            for m in _PAD_RUN.finditer(self.data, max(self.pad_lo, self.pad_hi - PAD_SLACK), hi):
+                r = m.start(1)
+                while runs and runs[-1][0] >= r:
+                    runs.pop()
+                runs.append((r, m.end(1)))
+            self.pad_hi = hi
+
+    def _aligned_idiom_end(self, r: int, hi: int) -> int:
+        """The last end of a whole padding idiom in the run from ``r``, at most ``hi``, at a
+        16-byte aligned address (or ``r`` if none). Requiring the alignment compilers pad to
+        keeps ``ret``-and-``int3``-like bytes inside other instructions from posing as padding."""
+        best = r
+        p = r
+        while True:
+            m = _PAD_ONE.match(self.data, p, hi)
+            if m is None:
+                return best
+            p = m.end()
+            if not self.dec.address(p) & 15:
+                best = p
 
     def _transfer_before(self, r: int) -> bool:
         """Do the bytes right before ``r`` end an unconditional transfer?"""
@@ -385,8 +439,69 @@ class Sweep:
         operands the decoder cannot step over; every form returns to its end)."""
         end = start + length
         if self.pos is not None and start <= self.pos < end:
-            self.seg_starts.append(start)
-            self.seg_lens.append(length)
+            self.last_insn = (start, length)
             self.pos = end
         if self.strong and not self.speculative:
             self._add_target(end, True, f"end of site at {self.addr(start)}")
+
+
+class CallIndex:
+    """Direct near calls (``E8``) anywhere in a region, by target: evidence for code that the
+    address-ordered sweep never reached from before (callers far away or after it).
+
+    Built only when some candidate is left unresolved; the ``E8`` bytes are not trusted until
+    :func:`prove_by_calls` proves the call itself starts an instruction.
+    """
+
+    def __init__(self, dec: CodeDecoder, lo: int, hi: int) -> None:
+        data = dec._data  # noqa: SLF001 - same buffer, read-only
+        start, end = dec.start, dec.end
+        size = 4 if dec.bitness == 32 else 2
+        mask = 0xFFFFFFFF if size == 4 else 0xFFFF
+        by_target: dict[int, list[int]] = {}
+        floor = max(start, lo - CHAIN_LIMIT)
+        q = data.find(b"\xe8", start, end - size)
+        while q != -1:
+            rel = int.from_bytes(data[q + 1 : q + 1 + size], "little", signed=True)
+            t = dec.offset_of((dec.address(q) + 1 + size + rel) & mask)
+            if t is not None and floor <= t <= hi:
+                by_target.setdefault(t, []).append(q)
+            q = data.find(b"\xe8", q + 1, end - size)
+        self.targets = sorted(by_target)
+        self.sources = by_target
+
+    def before(self, lo: int, floor: int) -> list[int]:
+        """Call targets in ``[floor, lo]``, nearest first."""
+        i = bisect.bisect_right(self.targets, lo)
+        out = []
+        while i > 0 and self.targets[i - 1] >= floor:
+            i -= 1
+            out.append(self.targets[i])
+        return out
+
+
+CALL_TRIES = 4  # call targets tried per unresolved candidate
+
+
+def prove_by_calls(
+    dec: CodeDecoder, anchors: tuple[Anchor, ...], read_table: Callable[[int, int], bytes] | None,
+    calls: CallIndex, lo: int, hi: int,
+) -> tuple[Verdict, int] | None:
+    """Prove ``[lo, hi]`` from the target of a direct call whose own start is proven, trying
+    the nearest targets first. Returns (verdict, instructions decoded) or None."""
+    decoded = 0
+    for t in calls.before(lo, max(dec.start, lo - CHAIN_LIMIT))[:CALL_TRIES]:
+        for src in calls.sources[t]:
+            probe = Sweep(dec, anchors, read_table)
+            v = probe.prove(src, src)
+            decoded += probe.decoded
+            if v.boundary != src:
+                continue
+            sweep = Sweep(dec, anchors, read_table)
+            sweep._add_target(t, v.strong, f"call at {dec.address(src):#x} ({v.evidence})")
+            got = sweep.prove(lo, hi)
+            decoded += sweep.decoded
+            if got.boundary is not None or got.covering is not None:
+                return got, decoded
+            break  # this target leads nowhere; try the next one
+    return None
