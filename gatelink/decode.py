@@ -44,6 +44,9 @@ _DATA_LIKE_MNEMONICS = {
 }
 _STRING_IO_MNEMONICS = {_M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _FAR_CODES = {_C.CALL_PTR1616, _C.CALL_PTR1632, _C.JMP_PTR1616, _C.JMP_PTR1632}
+# Outcomes of CodeDecoder.sync_vote.
+SYNC_AT, SYNC_IN, SYNC_DEAD = 1, 2, 3
+_DEAD = (SYNC_DEAD, 0, 0)
 
 
 class CodeDecoder:
@@ -54,9 +57,15 @@ class CodeDecoder:
     reported invalid: the bytes after a region are not its code.
     """
 
-    __slots__ = ("_data", "_start", "_end", "_bitness", "_delta", "_dec", "_insn")
+    __slots__ = ("_data", "_start", "_end", "_bitness", "_delta", "_dec", "_insn", "_ud2_forms")
 
-    def __init__(self, data: bytes, bitness: int, address: int = 0, start: int = 0, end: int | None = None) -> None:
+    def __init__(
+        self, data: bytes, bitness: int, address: int = 0, start: int = 0, end: int | None = None,
+        ud2_forms: dict[int, int] | None = None,
+    ) -> None:
+        """``ud2_forms`` maps the byte after a ``UD2`` to the length of a gate form that
+        carries inline operands and returns after them (the legacy UD2 stubs): such a UD2 is
+        stepped over as one instruction of that length."""
         if bitness not in (16, 32, 64):
             raise ValueError(f"bitness must be 16, 32 or 64, not {bitness}")
         self._data = data
@@ -66,6 +75,12 @@ class CodeDecoder:
         self._delta = address - start  # address = offset + delta
         self._dec = _ix.Decoder(bitness, data, ip=address)
         self._insn = _ix.Instruction()
+        self._ud2_forms = ud2_forms or {}
+
+    def _ud2_form(self, offset: int) -> int:
+        """Length of the UD2 gate form at ``offset`` (0 if none fits in the region)."""
+        n = self._ud2_forms.get(self._data[offset + 2], 0) if offset + 2 < self._end else 0
+        return n if offset + n <= self._end else 0
 
     @property
     def start(self) -> int:
@@ -104,6 +119,8 @@ class CodeDecoder:
             return 0, Flow.INVALID, None, True
         fc = ins.flow_control
         data = self._data
+        if ins.code == _C.UD2 and (k := self._ud2_form(offset)):
+            return k, Flow.NEXT, None, False
         mn = ins.mnemonic
         data_like = (
             mn in _DATA_LIKE_MNEMONICS
@@ -165,6 +182,69 @@ class CodeDecoder:
             pos += n
             count += 1
         return pos, last, count
+
+    def sync_vote(self, first: int, count: int, lo: int, hi: int) -> tuple[tuple[int, int, int] | None, int]:
+        """Decode from each of ``count`` starts ``first, first + 1, ...`` to the span
+        ``[lo, hi]`` and return what every stream that survives says there, with the number
+        of instructions decoded; None if they disagree or none survives.
+
+        Outcomes: ``(SYNC_AT, b, 0)`` an instruction starts at ``b`` in the span;
+        ``(SYNC_IN, s, n)`` the instruction at ``s`` of length ``n`` covers it. A stream dies
+        at an invalid or data-like instruction; it goes on linearly after a ``jmp`` or ``ret``
+        (in compiled code the next block or padding follows). Streams merge where they meet a
+        position an earlier one decoded, and then share its outcome: that makes many starts
+        cheap, as x86 decoding resynchronises within a few instructions.
+        """
+        d = self._dec
+        ins = self._insn
+        delta = self._delta
+        end = self._end
+        data = self._data
+        data_like = _DATA_LIKE_MNEMONICS
+        string_io = _STRING_IO_MNEMONICS
+        ud2 = _C.UD2
+        seen: dict[int, tuple[int, int, int]] = {}
+        vote = None
+        for start in range(first, first + count):
+            d.position = start
+            d.ip = start + delta
+            path = []
+            pos = start
+            prev = start
+            while True:
+                o = seen.get(pos)
+                if o is not None:
+                    break
+                if pos >= lo:
+                    o = (SYNC_AT, pos, 0) if pos <= hi else (SYNC_IN, prev, pos - prev)
+                    break
+                d.decode_out(ins)
+                n = ins.len
+                if ins.is_invalid or pos + n > end:
+                    o = _DEAD
+                    break
+                if ins.code == ud2 and (k := self._ud2_form(pos)):
+                    n = k
+                    d.position = pos + k
+                    d.ip = pos + k + delta
+                else:
+                    mn = ins.mnemonic
+                    if mn in data_like or (mn in string_io and not ins.has_rep_prefix) \
+                            or (n == 2 and data[pos] == 0 and data[pos + 1] == 0):
+                        o = _DEAD
+                        break
+                path.append(pos)
+                prev = pos
+                pos += n
+            for p in path:
+                seen[p] = o
+            if o is _DEAD:
+                continue
+            if vote is None:
+                vote = o
+            elif o != vote:
+                return None, len(seen)
+        return vote, len(seen)
 
     def jump_table(self, offset: int) -> tuple[int, int, int | None] | None:
         """For an indirect jump through a table (``jmp [table + reg*4]``, 16-bit
@@ -305,11 +385,12 @@ class Decoded:
 NEED_MORE = "need-more"  # decode_view: the bytes given end inside the instruction
 
 
-def decode_view(buf: bytes, bitness: int, ip: int) -> Decoded | str | None:
+def decode_view(buf: bytes, bitness: int, ip: int, text: bool = True) -> Decoded | str | None:
     """Decode the instruction at the start of ``buf`` located at address ``ip``.
 
     Returns a :class:`Decoded`, ``NEED_MORE`` when ``buf`` ends before the instruction does, or
-    None when the bytes are not a valid instruction in this bitness.
+    None when the bytes are not a valid instruction in this bitness. ``text=False`` leaves
+    ``Decoded.text`` empty (formatting costs more than decoding).
     """
     dec = _ix.Decoder(bitness, buf, ip=ip)
     ins = dec.decode()
@@ -327,39 +408,39 @@ def decode_view(buf: bytes, bitness: int, ip: int) -> Decoded | str | None:
         spans.append((co.displacement_offset, co.displacement_size))
     code = ins.code
     n = ins.len
-    text = _FORMATTER.format(ins)
+    txt = _FORMATTER.format(ins) if text else ""
     imm = tuple(spans)
     if code in (_C.CALL_PTR1616, _C.CALL_PTR1632, _C.JMP_PTR1616, _C.JMP_PTR1632):
         is32 = code in (_C.CALL_PTR1632, _C.JMP_PTR1632)
         return Decoded(
             n, Kind.CALLF if code in (_C.CALL_PTR1616, _C.CALL_PTR1632) else Kind.JMPF, code,
             32 if is32 else 16, ins.far_branch_selector,
-            ins.far_branch32 if is32 else ins.far_branch16, imm=imm, text=text,
+            ins.far_branch32 if is32 else ins.far_branch16, imm=imm, text=txt,
         )
     fc = ins.flow_control
     if fc == _FC.CALL:
-        return Decoded(n, Kind.CALL, code, _opsize(ins, bitness), target=ins.near_branch_target, imm=imm, text=text)
+        return Decoded(n, Kind.CALL, code, _opsize(ins, bitness), target=ins.near_branch_target, imm=imm, text=txt)
     if fc == _FC.UNCONDITIONAL_BRANCH:
-        return Decoded(n, Kind.JMP, code, _opsize(ins, bitness), target=ins.near_branch_target, imm=imm, text=text)
+        return Decoded(n, Kind.JMP, code, _opsize(ins, bitness), target=ins.near_branch_target, imm=imm, text=txt)
     if fc == _FC.CONDITIONAL_BRANCH:
-        return Decoded(n, Kind.JCC, code, target=ins.near_branch_target, imm=imm, text=text)
+        return Decoded(n, Kind.JCC, code, target=ins.near_branch_target, imm=imm, text=txt)
     if code in _NOP_CODES:
-        return Decoded(n, Kind.NOP, code, imm=imm, text=text)
+        return Decoded(n, Kind.NOP, code, imm=imm, text=txt)
     if code == _C.INT3:
-        return Decoded(n, Kind.INT3, code, text=text)
+        return Decoded(n, Kind.INT3, code, text=txt)
     if code == _C.INT_IMM8:
-        return Decoded(n, Kind.INT, code, vector=ins.immediate8, imm=imm, text=text)
+        return Decoded(n, Kind.INT, code, vector=ins.immediate8, imm=imm, text=txt)
     if code == _C.UD2:
-        return Decoded(n, Kind.UD2, code, text=text)
+        return Decoded(n, Kind.UD2, code, text=txt)
     if code in _FLAG_CODES:
-        return Decoded(n, Kind.FLAGS, code, reg=_FLAG_CODES[code], text=text)
+        return Decoded(n, Kind.FLAGS, code, reg=_FLAG_CODES[code], text=txt)
     mn = ins.mnemonic
     if mn in (_M.PUSH, _M.POP) and ins.op_count == 1 and ins.op0_kind == _OK.REGISTER:
         reg = _REG_NAMES.get(ins.op0_register, str(ins.op0_register))
         return Decoded(
-            n, Kind.PUSH if mn == _M.PUSH else Kind.POP, code, _stack_opsize(code, reg), reg=reg, text=text,
+            n, Kind.PUSH if mn == _M.PUSH else Kind.POP, code, _stack_opsize(code, reg), reg=reg, text=txt,
         )
-    return Decoded(n, Kind.OTHER, code, imm=imm, text=text)
+    return Decoded(n, Kind.OTHER, code, imm=imm, text=txt)
 
 
 def _opsize(ins: _ix.Instruction, bitness: int) -> int:

@@ -18,13 +18,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..catalog import MAX_STUB_SELECTOR, Shape
+from ..catalog import MAX_STUB_SELECTOR, UD2_SHAPES, Shape
 from ..decode import CodeDecoder, Decoded, Kind, decode_view
 from ..gates import GateDB
 from ..gates import bundled as bundled_gates
 from ..image import Image, Region, RegionKind
 from . import candidates as _cand
 from .sweep import CallIndex, Sweep, Verdict, prove_by_calls
+
+# The legacy UD2 gate forms: the marker byte after UD2 -> the form's length.
+UD2_FORMS = {m: s.length for s in UD2_SHAPES for m in s.markers}
 
 CERTAIN = "certain"
 LIKELY = "likely"
@@ -164,11 +167,13 @@ def _shape_name(m: _cand.Match) -> str:
 def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> None:
     data = image.data
     assert region.bitness is not None
-    dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset)
+    dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset, UD2_FORMS)
     def read_table(addr: int, n: int) -> bytes:
         return _read_at(image, addr, n, region)
 
-    sweep = Sweep(dec, region.anchors, read_table)
+    # Self-synchronisation assumes code without data between functions: compiled PE code.
+    # Drivers and kernels keep strings and tables in their code segments.
+    sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
     end = region.end_offset
     unresolved: list[tuple[_cand.Hit, list[_cand.Match], int, Verdict]] = []
     for hit in _cand.find(data, region.file_offset, end):
@@ -190,7 +195,7 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> 
     # Second chance for stub-shaped bytes nothing reached: a direct call from anywhere in the
     # region (callers far away, or after the candidate) whose own boundary is proven.
     if unresolved:
-        calls = CallIndex(dec, unresolved[0][2], unresolved[-1][2])
+        calls = CallIndex(dec, [u[2] for u in unresolved])
         for hit, inside, lo, verdict in unresolved:
             again = prove_by_calls(dec, region.anchors, read_table, calls, lo, hit.pos)
             if again is not None:
@@ -277,7 +282,7 @@ def _not_code_after(data: bytes, at: int, bits: int, region: Region) -> str:
     """Why the bytes at ``at`` cannot be where a returning call goes on, or ''."""
     if at >= region.end_offset:
         return ""  # the region ends: nothing to judge
-    d = decode_view(bytes(data[at : min(at + 16, region.end_offset)]), bits, region.address_of(at))
+    d = decode_view(bytes(data[at : min(at + 16, region.end_offset)]), bits, region.address_of(at), text=False)
     if not isinstance(d, Decoded):
         return "no instruction"
     if d.kind is Kind.INT3:
@@ -291,7 +296,7 @@ def _decodes_as_stub(data: bytes, b: int, shape: Shape, bits: int, region: Regio
     """The shape's trapping instruction decodes as expected in this bitness (belt and braces:
     the shape table and the decoder must agree)."""
     at = b + shape.call_at
-    d = decode_view(bytes(data[at : at + 16]), bits, region.address_of(at))
+    d = decode_view(bytes(data[at : at + 16]), bits, region.address_of(at), text=False)
     if not isinstance(d, Decoded):
         return False
     if not shape.has_selector:

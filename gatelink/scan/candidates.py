@@ -11,7 +11,7 @@ regex engine skips through the buffer at memchr speed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..catalog import FAMILIES, UD2_SHAPES, Family, Shape
 
@@ -25,8 +25,7 @@ assert all(len(f.prefix) > 1 or f.middle == b"\0\0" for f in FAMILIES)
 TAIL = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     """One way to read the bytes around a hit as a stub: a family (any selector) or a UD2 shape."""
 
     start: int  # file offset of the site's first byte
@@ -38,8 +37,7 @@ class Match:
     marker: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
+class Hit(NamedTuple):
     """A ``9A`` (or UD2) position with every stub reading of the bytes around it.
 
     ``matches`` is sorted by start, longest reading first. ``lo`` is the earliest start.

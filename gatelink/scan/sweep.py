@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..decode import CodeDecoder, Flow
+from ..decode import SYNC_AT, CodeDecoder, Flow
 from ..image import Anchor
 
 CHAIN_LIMIT = 8192  # beyond this distance the sweep re-anchors near the candidate
@@ -40,6 +40,9 @@ SPEC_LIMIT = CHAIN_LIMIT  # longest speculative decode to a candidate
 GAP_CHECK = 512  # speculative decodes must land on a proven boundary this close after the candidate
 LOOKAHEAD = 64  # instructions decoded ahead of a forward jmp to find backward branches
 PAD_WINDOWS = (256, 2048, CHAIN_LIMIT)
+SYNC_DISTANCE = 32  # self-synchronising decodes start this far (and up to 14 more) before a candidate
+TABLE_REACH = 1 << 16  # jump-table entries point this close to the table, at most
+SYNC_WALK = 512  # a strong walk this close to a candidate decides instead (its proof is certain)
 PAD_SLACK = 64  # padding is searched this far past a candidate, so a run is seen whole
 MAX_TABLE = 1024
 BUCKET = 12  # targets are bucketed by offset >> BUCKET
@@ -90,8 +93,10 @@ class Sweep:
         dec: CodeDecoder,
         anchors: tuple[Anchor, ...],
         read_table: Callable[[int, int], bytes] | None = None,
+        self_sync: bool = False,
     ) -> None:
         self.dec = dec
+        self.self_sync = self_sync and dec.bitness == 32
         self.data: bytes = dec._data  # noqa: SLF001 - same buffer, read-only
         self.read_table = read_table
         self.start = dec.start
@@ -197,6 +202,10 @@ class Sweep:
         if t is not None:
             self._begin(t[0], strong, f"target of {t[1]}")
             return self._verdict(t[0], lo, hi)
+        if self.self_sync and not (walk_decides and lo - self.pos <= SYNC_WALK):
+            v = self.converge(lo, hi)
+            if v is not None:
+                return v
         if self.pos is not None and self.pos < lo - CHAIN_LIMIT:
             self._stop(lo - CHAIN_LIMIT, f"no boundary proven within {CHAIN_LIMIT} bytes", terminated=False)
         while True:
@@ -225,6 +234,63 @@ class Sweep:
                 if s + n > lo:
                     return Verdict(s + n, None, self.strong, self._evidence())
         return Verdict(None, None, False, "", "not reached")
+
+    def converge(self, lo: int, hi: int) -> Verdict | None:
+        """Prove ``[lo, hi]`` by self-synchronisation, or None (the walk must decide).
+
+        Straight-line code has an instruction start in any 15 consecutive bytes. Decode from
+        each of the 15 offsets ``SYNC_DISTANCE`` bytes before the candidate: a start whose
+        stream meets an invalid or data-like instruction is not a boundary; if every other
+        stream says the same about the span (x86 decoding resynchronises within a few
+        instructions), so does the true one. Only where the bytes before the candidate look like
+        plain code: no string, nothing like a jump table (invalid and data-like instructions
+        end a stream; a ``jmp`` or ``ret`` does not: in compiled code the next block follows).
+        """
+        a = lo - SYNC_DISTANCE - 14
+        if a < self.start:
+            return None
+        data = self.data
+        if _TEXT.search(data, a - 16, lo) is not None:
+            return None
+        if self._table_like(a - 8, lo):
+            return None
+        outcome, decoded = self.dec.sync_vote(a, 15, lo, hi)
+        self.decoded += decoded
+        if outcome is None:
+            return None
+        how = f"self-synchronising decode from {self.addr(a)}..{self.addr(a + 14)}"
+        # The walk goes on from here, so the candidates after this one keep a near start.
+        if outcome[0] == SYNC_AT:
+            self._begin(outcome[1], False, how)
+            return Verdict(outcome[1], None, False, how)
+        self._begin(outcome[1], False, how)
+        self.pos = outcome[1] + outcome[2]
+        self.last_insn = (outcome[1], outcome[2])
+        return Verdict(None, (outcome[1], outcome[2]), False, how)
+
+    def _table_like(self, lo: int, hi: int) -> bool:
+        """Two consecutive dwords in ``[lo, hi)`` (at any alignment: assemblers do not align
+        tables) that point into the region near themselves: a jump table (its entries are
+        code addresses of the same function). Or a table the walk found there."""
+        lo = max(lo, self.start)
+        for r in self.data_ranges:
+            if r[0] < hi and lo < r[1]:
+                return True
+        data = self.data
+        dec = self.dec
+        # An entry's high half is within one of the table's own address's high half: find
+        # those byte pairs first (in C), then look at the few dwords around them.
+        top = dec.address(lo) >> 16
+        hits: set[int] = set()
+        for h in (top - 1, top, top + 1):
+            pair = (h & 0xFFFF).to_bytes(2, "little")
+            q = data.find(pair, lo + 2, hi)
+            while q != -1:
+                t = dec.offset_of(int.from_bytes(data[q - 2 : q + 2], "little"))
+                if t is not None and abs(t - q) <= TABLE_REACH:
+                    hits.add(q - 2)
+                q = data.find(pair, q + 1, hi)
+        return any(q + 4 in hits for q in hits)
 
     def _verdict(self, b: int, lo: int, hi: int) -> Verdict:
         v = Verdict(b, None, self.strong, self._evidence())
@@ -446,27 +512,35 @@ class Sweep:
 
 
 class CallIndex:
-    """Direct near calls (``E8``) anywhere in a region, by target: evidence for code that the
-    address-ordered sweep never reached from before (callers far away or after it).
+    """Direct near calls (``E8``) within ``CALL_REACH`` of some spots, by target: evidence for
+    code that the address-ordered sweep never reached from before (callers far away or after).
 
     Built only when some candidate is left unresolved; the ``E8`` bytes are not trusted until
     :func:`prove_by_calls` proves the call itself starts an instruction.
     """
 
-    def __init__(self, dec: CodeDecoder, lo: int, hi: int) -> None:
+    def __init__(self, dec: CodeDecoder, spots: list[int]) -> None:
         data = dec._data  # noqa: SLF001 - same buffer, read-only
         start, end = dec.start, dec.end
         size = 4 if dec.bitness == 32 else 2
         mask = 0xFFFFFFFF if size == 4 else 0xFFFF
         by_target: dict[int, list[int]] = {}
-        floor = max(start, lo - CHAIN_LIMIT)
-        q = data.find(b"\xe8", start, end - size)
-        while q != -1:
-            rel = int.from_bytes(data[q + 1 : q + 1 + size], "little", signed=True)
-            t = dec.offset_of((dec.address(q) + 1 + size + rel) & mask)
-            if t is not None and floor <= t <= hi:
-                by_target.setdefault(t, []).append(q)
-            q = data.find(b"\xe8", q + 1, end - size)
+        # Calls from within CALL_REACH of the spots: merged windows, each searched once.
+        windows: list[list[int]] = []
+        for x in sorted(spots):
+            a, b = max(start, x - CALL_REACH), min(end - size, x + CALL_REACH)
+            if windows and a <= windows[-1][1]:
+                windows[-1][1] = max(windows[-1][1], b)
+            else:
+                windows.append([a, b])
+        for a, b in windows:
+            q = data.find(b"\xe8", a, b)
+            while q != -1:
+                rel = int.from_bytes(data[q + 1 : q + 1 + size], "little", signed=True)
+                t = dec.offset_of((dec.address(q) + 1 + size + rel) & mask)
+                if t is not None:
+                    by_target.setdefault(t, []).append(q)
+                q = data.find(b"\xe8", q + 1, b)
         self.targets = sorted(by_target)
         self.sources = by_target
 
@@ -481,6 +555,7 @@ class CallIndex:
 
 
 CALL_TRIES = 4  # call targets tried per unresolved candidate
+CALL_REACH = 1 << 20  # callers are looked for this far (1 MiB) around an unresolved candidate
 
 
 def prove_by_calls(
