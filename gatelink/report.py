@@ -29,6 +29,9 @@ class InputFailure:
     error: str
 
 
+UNKNOWN_SHOWN = 24  # unknown gate numbers listed in the text summary
+
+
 def _image_json(img: Image) -> dict[str, object]:
     return {
         "regions": [
@@ -111,7 +114,9 @@ def scan_text(results: Sequence[ScanResult], failures: Sequence[InputFailure], d
         unknown = summ["unknown_gates"]
         assert isinstance(unknown, list)
         if unknown:
-            con.print("  unknown gates: " + ", ".join(f"{u['kind']} {u['gate']}" for u in unknown))
+            shown = ", ".join(f"{u['kind']} {u['gate']}" for u in unknown[:UNKNOWN_SHOWN])
+            more = f" and {len(unknown) - UNKNOWN_SHOWN} more (all in --format json)" if len(unknown) > UNKNOWN_SHOWN else ""
+            con.print(f"  unknown gates ({len(unknown)}): {shown}{more}")
         con.print(f"  near misses: {summ['near_misses']} ({_counts(summ['near_misses_by_reason'])})")
         if include_near_misses and r.near_misses:
             t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")

@@ -42,7 +42,7 @@ LOOKAHEAD = 64  # instructions decoded ahead of a forward jmp to find backward b
 PAD_WINDOWS = (256, 2048, CHAIN_LIMIT)
 SYNC_DISTANCE = 32  # self-synchronising decodes start this far (and up to 14 more) before a candidate
 TABLE_REACH = 1 << 16  # jump-table entries point this close to the table, at most
-SYNC_WALK = 512  # a strong walk this close to a candidate decides instead (its proof is certain)
+SYNC_WALK = CHAIN_LIMIT  # a strong walk this close to a candidate decides instead (its proof is certain)
 PAD_SLACK = 64  # padding is searched this far past a candidate, so a run is seen whole
 MAX_TABLE = 1024
 BUCKET = 12  # targets are bucketed by offset >> BUCKET
@@ -202,10 +202,18 @@ class Sweep:
         if t is not None:
             self._begin(t[0], strong, f"target of {t[1]}")
             return self._verdict(t[0], lo, hi)
-        if self.self_sync and not (walk_decides and lo - self.pos <= SYNC_WALK):
-            v = self.converge(lo, hi)
-            if v is not None:
-                return v
+        if self.self_sync:
+            if not walk_decides:
+                # A strong target before the candidate revives a walk whose proof is certain.
+                floor = self.pos if self.pos is not None else self.stuck_at
+                t = self._last_target(self.strong_targets, max(floor, lo - SYNC_WALK), lo)
+                if t is not None:
+                    self._begin(t[0], True, f"target of {t[1]}")
+                    walk_decides = True
+            if not (walk_decides and lo - self.pos <= SYNC_WALK):
+                v = self.converge(lo, hi)
+                if v is not None:
+                    return v
         if self.pos is not None and self.pos < lo - CHAIN_LIMIT:
             self._stop(lo - CHAIN_LIMIT, f"no boundary proven within {CHAIN_LIMIT} bytes", terminated=False)
         while True:
