@@ -102,6 +102,7 @@ def scan_cmd(
     bitness: Annotated[Optional[int], typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list to use (os.def, user.def, OW header, CSV); replaces the bundled names for the kinds it defines. Repeatable.")] = [],  # noqa: B006
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes for large code regions (default: one per CPU). The result is the same for any number.")] = None,
 ) -> None:
     """Find every gate stub in FILES, with its gate name, shape and evidence."""
     from . import formats as _formats
@@ -119,6 +120,8 @@ def scan_cmd(
         raw_opts = _formats.RawOptions(bitness, _parse_int(base, "--base") if base is not None else 0)
     elif bitness is not None or base is not None:
         raise UsageError("--bitness and --base apply to raw images only (add --raw)")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     db = load_gates([str(g) for g in gates])
     for w in db.warnings:
         _err(f"warning: {w}")
@@ -128,7 +131,7 @@ def scan_cmd(
     for f in files:
         try:
             img = _formats.open_image(f, format=None if in_fmt == "raw" else in_fmt, raw=raw_opts)
-            res = run_scan(img, db, progress=progress.advance if progress else None)
+            res = run_scan(img, db, progress=progress.advance if progress else None, jobs=jobs)
         except InputError as e:
             _err(f"error: {e}")
             failures.append(InputFailure(str(f), e.problem))

@@ -62,7 +62,27 @@ def scan_json(results: Sequence[ScanResult], failures: Sequence[InputFailure], d
         ],
         "errors": [{"path": f.path, "error": f.error} for f in failures],
     }
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+    return _dumps(doc) + "\n"
+
+
+_RECORD = json.JSONEncoder(separators=(", ", ": ")).encode
+
+
+def _dumps(doc: object, depth: int = 0) -> str:
+    """JSON indented by structure, with each site and near miss on a line of its own: readable,
+    grep-friendly, and fast (records go through the C encoder; indent=... would not)."""
+    pad = " " * (depth + 1)
+    if isinstance(doc, dict):
+        if not doc:
+            return "{}"
+        items = [f"{pad}{json.dumps(k)}: {_dumps(v, depth + 1)}" for k, v in doc.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(doc, list) and doc and all(isinstance(x, dict) for x in doc) \
+            and not any(isinstance(v, (dict, list)) for x in doc for v in x.values()):
+        return "[\n" + ",\n".join(pad + _RECORD(x) for x in doc) + "\n" + " " * depth + "]"
+    if isinstance(doc, list) and any(isinstance(x, (dict, list)) for x in doc):
+        return "[\n" + ",\n".join(pad + _dumps(x, depth + 1) for x in doc) + "\n" + " " * depth + "]"
+    return _RECORD(doc)
 
 
 CSV_COLUMNS = (

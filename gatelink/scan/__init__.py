@@ -14,6 +14,8 @@ Stub patterns in data regions are never sites (near misses with reason ``non-cod
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,20 +123,27 @@ class ScanResult:
         }
 
 
-def scan(image: Image, gates: GateDB | None = None, progress: Callable[[int], None] | None = None) -> ScanResult:
+def scan(
+    image: Image, gates: GateDB | None = None, progress: Callable[[int], None] | None = None,
+    jobs: int | None = None,
+) -> ScanResult:
     """Find every gate stub in ``image``'s code regions.
 
     ``gates`` names the gates (default: the bundled RDOS list). ``progress`` is called with the
-    number of region bytes done, for progress bars.
+    number of region bytes done, for progress bars. ``jobs``: worker processes for large code
+    regions (default: one per CPU; 1 scans in this process). Code is cut into fixed
+    ``CHUNK_BYTES`` chunks whatever ``jobs`` is, so the result does not depend on it.
     """
     db = gates if gates is not None else bundled_gates()
     result = ScanResult(image=image, gates=db)
     result.warnings.extend(image.warnings)
+    if jobs is None:
+        jobs = os.cpu_count() or 1
     for region in image.regions:
         if region.size == 0:
             continue
         if region.kind is RegionKind.CODE and region.bitness in (16, 32):
-            _scan_code(image, region, db, result)
+            _scan_code(image, region, db, result, jobs)
         else:
             _scan_other(image, region, result)
         if progress is not None:
@@ -164,10 +173,53 @@ def _shape_name(m: _cand.Match) -> str:
     return "/".join(s.id for s in m.family.members)
 
 
-def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> None:
+# Large code regions are cut into chunks of this many bytes (by where candidates start); each
+# chunk is proven on its own, in a worker process when there are several CPUs.
+CHUNK_BYTES = 16 << 20
+
+
+def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, jobs: int) -> None:
+    hits = _cand.find(image.data, region.file_offset, region.end_offset)
+    chunks: list[list[_cand.Hit]] = []
+    for hit in hits:
+        k = (hit.lo - region.file_offset) // CHUNK_BYTES
+        while len(chunks) <= k:
+            chunks.append([])
+        chunks[k].append(hit)
+    chunks = [c for c in chunks if c]
+    if jobs > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        global _WORK
+        _WORK = (image, region, db, chunks)
+        try:
+            with multiprocessing.get_context("fork").Pool(min(jobs, len(chunks))) as pool:
+                outs = pool.map(_scan_chunk_job, range(len(chunks)), chunksize=1)
+        finally:
+            _WORK = None
+    else:
+        outs = [_scan_chunk(image, region, db, c) for c in chunks]
+    for sites, near_misses, decoded in outs:
+        result.sites.extend(sites)
+        result.near_misses.extend(near_misses)
+        result.decoded_instructions += decoded
+
+
+_WORK: tuple[Image, Region, GateDB, list[list[_cand.Hit]]] | None = None  # what forked workers scan
+
+
+def _scan_chunk_job(k: int) -> tuple[list[Site], list[NearMiss], int]:
+    assert _WORK is not None
+    image, region, db, chunks = _WORK
+    return _scan_chunk(image, region, db, chunks[k])
+
+
+def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit]) -> tuple[list[Site], list[NearMiss], int]:
+    """Prove and classify one chunk's candidates (in address order): (sites, near misses,
+    instructions decoded)."""
     data = image.data
     assert region.bitness is not None
+    result = ScanResult(image=image)
     dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset, UD2_FORMS)
+
     def read_table(addr: int, n: int) -> bytes:
         return _read_at(image, addr, n, region)
 
@@ -176,7 +228,7 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> 
     sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
     end = region.end_offset
     unresolved: list[tuple[_cand.Hit, list[_cand.Match], int, Verdict]] = []
-    for hit in _cand.find(data, region.file_offset, end):
+    for hit in hits:
         inside = [m for m in hit.matches if m.start + m.length <= end]
         if hit.matches and not inside:
             m = hit.matches[0]
@@ -202,6 +254,7 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult) -> 
                 result.decoded_instructions += again[1]
                 verdict = again[0]
             _classify(image, region, dec, None, hit, inside, verdict, db, result)
+    return result.sites, result.near_misses, result.decoded_instructions
 
 
 def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
