@@ -44,6 +44,12 @@ _DATA_LIKE_MNEMONICS = {
 }
 _STRING_IO_MNEMONICS = {_M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _FAR_CODES = {_C.CALL_PTR1616, _C.CALL_PTR1632, _C.JMP_PTR1616, _C.JMP_PTR1632}
+# The same by instruction code, for the hot loops (one set lookup per instruction): codes that
+# need a second look there (data-like mnemonics, string I/O, ``00 /r``, UD2).
+_ALL_CODES = [getattr(_C, n) for n in dir(_C) if n.isupper()]
+_DATA_LIKE_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _DATA_LIKE_MNEMONICS)
+_STRING_IO_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _STRING_IO_MNEMONICS)
+_LOOK_TWICE = _DATA_LIKE_CODES | _STRING_IO_CODES | {_C.ADD_RM8_R8, _C.UD2}
 # Outcomes of CodeDecoder.sync_vote.
 SYNC_AT, SYNC_IN, SYNC_DEAD = 1, 2, 3
 _DEAD = (SYNC_DEAD, 0, 0)
@@ -200,8 +206,9 @@ class CodeDecoder:
         delta = self._delta
         end = self._end
         data = self._data
-        data_like = _DATA_LIKE_MNEMONICS
-        string_io = _STRING_IO_MNEMONICS
+        data_like = _DATA_LIKE_CODES
+        string_io = _STRING_IO_CODES
+        look_twice = _LOOK_TWICE
         ud2 = _C.UD2
         seen: dict[int, tuple[int, int, int]] = {}
         vote = None
@@ -220,16 +227,16 @@ class CodeDecoder:
                     break
                 d.decode_out(ins)
                 n = ins.len
-                if ins.is_invalid or pos + n > end:
+                code = ins.code
+                if not code or pos + n > end:  # Code.INVALID is 0
                     o = _DEAD
                     break
-                if ins.code == ud2 and (k := self._ud2_form(pos)):
-                    n = k
-                    d.position = pos + k
-                    d.ip = pos + k + delta
-                else:
-                    mn = ins.mnemonic
-                    if mn in data_like or (mn in string_io and not ins.has_rep_prefix) \
+                if code in look_twice:
+                    if code == ud2 and (k := self._ud2_form(pos)):
+                        n = k
+                        d.position = pos + k
+                        d.ip = pos + k + delta
+                    elif code in data_like or (code in string_io and not ins.has_rep_prefix) \
                             or (n == 2 and data[pos] == 0 and data[pos + 1] == 0):
                         o = _DEAD
                         break

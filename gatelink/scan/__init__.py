@@ -14,8 +14,8 @@ Stub patterns in data regions are never sites (near misses with reason ``non-cod
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,9 +130,10 @@ def scan(
     """Find every gate stub in ``image``'s code regions.
 
     ``gates`` names the gates (default: the bundled RDOS list). ``progress`` is called with the
-    number of region bytes done, for progress bars. ``jobs``: worker processes for large code
-    regions (default: one per CPU; 1 scans in this process). Code is cut into fixed
-    ``CHUNK_BYTES`` chunks whatever ``jobs`` is, so the result does not depend on it.
+    number of region bytes done, for progress bars. ``jobs``: processes for large code regions
+    (default: one per CPU; 1 scans in this process only; more fork children that share the
+    image). Code is cut into fixed ``CHUNK_BYTES`` chunks whatever ``jobs`` is, so the result
+    does not depend on it.
     """
     db = gates if gates is not None else bundled_gates()
     result = ScanResult(image=image, gates=db)
@@ -187,29 +188,56 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, job
             chunks.append([])
         chunks[k].append(hit)
     chunks = [c for c in chunks if c]
-    if jobs > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        global _WORK
-        _WORK = (image, region, db, chunks)
-        try:
-            with multiprocessing.get_context("fork").Pool(min(jobs, len(chunks))) as pool:
-                outs = pool.map(_scan_chunk_job, range(len(chunks)), chunksize=1)
-        finally:
-            _WORK = None
-    else:
-        outs = [_scan_chunk(image, region, db, c) for c in chunks]
+    workers = min(jobs, len(chunks)) if hasattr(os, "fork") else 1
+    # Contiguous shares of about equal candidate counts; this process does the first.
+    shares: list[list[list[_cand.Hit]]] = [[] for _ in range(max(1, workers))]
+    total = sum(len(c) for c in chunks)
+    done = 0
+    for c in chunks:
+        shares[min(len(shares) - 1, done * len(shares) // max(1, total))].append(c)
+        done += len(c)
+    forked = [_fork_share(image, region, db, share) for share in shares[1:] if share]
+    outs = [_scan_chunk(image, region, db, c) for c in shares[0]]
+    for (pid, fd), share in zip(forked, [s for s in shares[1:] if s]):
+        outs.extend(_join_share(pid, fd) or [_scan_chunk(image, region, db, c) for c in share])
     for sites, near_misses, decoded in outs:
         result.sites.extend(sites)
         result.near_misses.extend(near_misses)
         result.decoded_instructions += decoded
 
 
-_WORK: tuple[Image, Region, GateDB, list[list[_cand.Hit]]] | None = None  # what forked workers scan
+_ChunkResult = tuple[list[Site], list[NearMiss], int]
 
 
-def _scan_chunk_job(k: int) -> tuple[list[Site], list[NearMiss], int]:
-    assert _WORK is not None
-    image, region, db, chunks = _WORK
-    return _scan_chunk(image, region, db, chunks[k])
+def _fork_share(image: Image, region: Region, db: GateDB, share: list[list[_cand.Hit]]) -> tuple[int, int]:
+    """Scan ``share`` in a forked child (the image is shared copy-on-write); its results come
+    back pickled through a pipe. Returns (pid, read end)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(r)
+            payload = pickle.dumps([_scan_chunk(image, region, db, c) for c in share], pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(w, "wb") as f:
+                f.write(payload)
+        except BaseException:  # the parent redoes the share itself
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _join_share(pid: int, fd: int) -> list[_ChunkResult] | None:
+    """The results of a forked share, or None if the child failed (the caller redoes it)."""
+    with os.fdopen(fd, "rb") as f:
+        payload = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not payload:
+        return None
+    out: list[_ChunkResult] = pickle.loads(payload)
+    return out
 
 
 def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit]) -> tuple[list[Site], list[NearMiss], int]:
