@@ -50,6 +50,14 @@ _ALL_CODES = [getattr(_C, n) for n in dir(_C) if n.isupper()]
 _DATA_LIKE_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _DATA_LIKE_MNEMONICS)
 _STRING_IO_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _STRING_IO_MNEMONICS)
 _LOOK_TWICE = _DATA_LIKE_CODES | _STRING_IO_CODES | {_C.ADD_RM8_R8, _C.UD2}
+
+
+def _data_like(code: int, n: int, ins: _ix.Instruction, data: bytes, pos: int) -> bool:
+    """Is the instruction just decoded at ``pos`` one that code almost never holds but decoded
+    data does? (``_DATA_LIKE_MNEMONICS``; string I/O without REP; ``00 00``, the decoding of
+    zeros.) The hot loops call it only for codes in ``_LOOK_TWICE``."""
+    return code in _DATA_LIKE_CODES or (code in _STRING_IO_CODES and not ins.has_rep_prefix) \
+        or (n == 2 and data[pos] == 0 and data[pos + 1] == 0)
 # Outcomes of CodeDecoder.sync_vote.
 SYNC_AT, SYNC_IN, SYNC_DEAD = 1, 2, 3
 _DEAD = (SYNC_DEAD, 0, 0)
@@ -125,19 +133,15 @@ class CodeDecoder:
             return 0, Flow.INVALID, None, True
         fc = ins.flow_control
         data = self._data
-        if ins.code == _C.UD2 and (k := self._ud2_form(offset)):
+        code = ins.code
+        if code == _C.UD2 and (k := self._ud2_form(offset)):
             return k, Flow.NEXT, None, False
-        mn = ins.mnemonic
-        data_like = (
-            mn in _DATA_LIKE_MNEMONICS
-            or (mn in _STRING_IO_MNEMONICS and not ins.has_rep_prefix)
-            or (data[offset] == 0 and data[offset + 1] == 0 and n == 2)
-        )
+        data_like = code in _LOOK_TWICE and _data_like(code, n, ins, data, offset)
         if fc == _FC.NEXT:
             return n, Flow.NEXT, None, data_like
         if fc == _FC.CALL:
-            if ins.code in _FAR_CODES:
-                return n, Flow.NEXT, None, data_like  # far call: returns like a call
+            if ins.op0_kind not in _NEAR_BRANCH_KINDS:
+                return n, Flow.NEXT, None, data_like  # far call, SYSENTER, VMCALL...: returns
             return n, Flow.CALL, self.offset_of(ins.near_branch_target), data_like
         if fc == _FC.CONDITIONAL_BRANCH:
             return n, Flow.COND, self.offset_of(ins.near_branch_target), data_like
@@ -169,8 +173,7 @@ class CodeDecoder:
         end = self._end
         data = self._data
         next_ = _FC.NEXT
-        data_like = _DATA_LIKE_MNEMONICS
-        string_io = _STRING_IO_MNEMONICS
+        look_twice = _LOOK_TWICE
         pos = offset
         last = -1
         count = 0
@@ -179,11 +182,8 @@ class CodeDecoder:
             n = ins.len
             if ins.flow_control != next_ or pos + n > end:
                 break
-            if stop_on_data:
-                mn = ins.mnemonic
-                if mn in data_like or (mn in string_io and not ins.has_rep_prefix) \
-                        or (n == 2 and data[pos] == 0 and data[pos + 1] == 0):
-                    break
+            if stop_on_data and (code := ins.code) in look_twice and _data_like(code, n, ins, data, pos):
+                break
             last = pos
             pos += n
             count += 1
@@ -206,8 +206,6 @@ class CodeDecoder:
         delta = self._delta
         end = self._end
         data = self._data
-        data_like = _DATA_LIKE_CODES
-        string_io = _STRING_IO_CODES
         look_twice = _LOOK_TWICE
         ud2 = _C.UD2
         seen: dict[int, tuple[int, int, int]] = {}
@@ -236,8 +234,7 @@ class CodeDecoder:
                         n = k
                         d.position = pos + k
                         d.ip = pos + k + delta
-                    elif code in data_like or (code in string_io and not ins.has_rep_prefix) \
-                            or (n == 2 and data[pos] == 0 and data[pos + 1] == 0):
+                    elif _data_like(code, n, ins, data, pos):
                         o = _DEAD
                         break
                 path.append(pos)
@@ -316,6 +313,7 @@ class CodeDecoder:
 
 
 _REG = _ix.Register
+_NEAR_BRANCH_KINDS = {_OK.NEAR_BRANCH16, _OK.NEAR_BRANCH32}
 _BOUND_WINDOW = 24  # bytes before a table jump searched for its bounds check
 _IMM_KINDS = {_OK.IMMEDIATE8, _OK.IMMEDIATE16, _OK.IMMEDIATE32, _OK.IMMEDIATE8TO16, _OK.IMMEDIATE8TO32}
 _JA_CODES = {_C.JA_REL8_16, _C.JA_REL8_32, _C.JA_REL16, _C.JA_REL32_32}
