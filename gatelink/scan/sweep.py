@@ -268,13 +268,13 @@ class Sweep:
             return None
         how = f"self-synchronising decode from {self.addr(a)}..{self.addr(a + 14)}"
         # The walk goes on from here, so the candidates after this one keep a near start.
-        if outcome[0] == SYNC_AT:
-            self._begin(outcome[1], False, how)
-            return Verdict(outcome[1], None, False, how)
-        self._begin(outcome[1], False, how)
-        self.pos = outcome[1] + outcome[2]
-        self.last_insn = (outcome[1], outcome[2])
-        return Verdict(None, (outcome[1], outcome[2]), False, how)
+        kind, s, n = outcome
+        self._begin(s, False, how)
+        if kind == SYNC_AT:
+            return Verdict(s, None, False, how)
+        self.pos = s + n
+        self.last_insn = (s, n)
+        return Verdict(None, (s, n), False, how)
 
     def _table_like(self, lo: int, hi: int) -> bool:
         """Two consecutive dwords in ``[lo, hi)`` (at any alignment: assemblers do not align
