@@ -40,6 +40,15 @@ def seeds() -> dict[str, tuple[bytes, int, list[tuple[int, str]]]]:
     for f in sorted(FIXTURES.glob("pe/*.exe"))[:1]:
         data = f.read_bytes()
         out["pe-fixture"] = (data, len(data), [(0x3C, "<I")])
+    # The built driver and boot-image fixtures too (hundreds of sites each, real layouts).
+    drv = FIXTURES / "rdv" / "drv16.rdv"
+    if drv.exists():
+        data = drv.read_bytes()
+        out["rdv16-fixture"] = (data, len(data), [(4, "<H"), (8, "<H")])
+    boot_fx = FIXTURES / "boot" / "rdos.bin"
+    if boot_fx.exists():
+        data = boot_fx.read_bytes()
+        out["bootimg-fixture"] = (data, len(data), [(4, "<I")])
     return out
 
 
