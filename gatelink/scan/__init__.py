@@ -174,6 +174,8 @@ def _shape_name(m: _cand.Match) -> str:
     return "/".join(s.id for s in m.family.members)
 
 
+_ChunkResult = tuple[list[Site], list[NearMiss], int]  # sites, near misses, instructions decoded
+
 # Large code regions are cut into chunks of this many bytes (by where candidates start); each
 # chunk is proven on its own, in a worker process when there are several CPUs.
 CHUNK_BYTES = 16 << 20
@@ -196,17 +198,15 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, job
     for c in chunks:
         shares[min(len(shares) - 1, done * len(shares) // max(1, total))].append(c)
         done += len(c)
-    forked = [_fork_share(image, region, db, share) for share in shares[1:] if share]
+    others = [s for s in shares[1:] if s]
+    forked = [_fork_share(image, region, db, share) for share in others]
     outs = [_scan_chunk(image, region, db, c) for c in shares[0]]
-    for (pid, fd), share in zip(forked, [s for s in shares[1:] if s]):
+    for (pid, fd), share in zip(forked, others):
         outs.extend(_join_share(pid, fd) or [_scan_chunk(image, region, db, c) for c in share])
     for sites, near_misses, decoded in outs:
         result.sites.extend(sites)
         result.near_misses.extend(near_misses)
         result.decoded_instructions += decoded
-
-
-_ChunkResult = tuple[list[Site], list[NearMiss], int]
 
 
 def _fork_share(image: Image, region: Region, db: GateDB, share: list[list[_cand.Hit]]) -> tuple[int, int]:
@@ -240,7 +240,7 @@ def _join_share(pid: int, fd: int) -> list[_ChunkResult] | None:
     return out
 
 
-def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit]) -> tuple[list[Site], list[NearMiss], int]:
+def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit]) -> _ChunkResult:
     """Prove and classify one chunk's candidates (in address order): (sites, near misses,
     instructions decoded)."""
     data = image.data

@@ -470,26 +470,6 @@ class Sweep:
             if not self.dec.address(p) & 15:
                 best = p
 
-    def _transfer_before(self, r: int) -> bool:
-        """Do the bytes right before ``r`` end an unconditional transfer?"""
-        d = self.data
-        s = self.start
-        if r - 1 >= s and d[r - 1] in (0xC3, 0xCB, 0xCF):
-            return True
-        if r - 3 >= s and d[r - 3] in (0xC2, 0xCA):
-            return True
-        if r - 2 >= s and d[r - 2] == 0xEB:
-            return True
-        if r - 5 >= s and d[r - 5] == 0xE9:
-            return True
-        if r - 2 >= s and d[r - 2] == 0xFF and 0xE0 <= d[r - 1] <= 0xE7:
-            return True
-        if r - 6 >= s and d[r - 6] == 0xFF and d[r - 5] == 0x25:
-            return True
-        if r - 7 >= s and d[r - 7] == 0xFF and d[r - 6] == 0x24:
-            return True
-        return False
-
     def _gap_check(self, b: int, hi: int) -> str:
         """A speculative boundary must agree with the next proven boundary after it."""
         nxt = self._first_target(self.strong_targets, hi + 1, hi + GAP_CHECK)
