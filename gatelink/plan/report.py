@@ -85,7 +85,7 @@ def plans_text(runs: Sequence[PlanRun]) -> str:
         out.append(f"shape {first.shape}, form {first.form}, {first.bitness}-bit, site at {first.address:#x} "
                    f"(alignment {first.address % 64}), {first.length} bytes")
         out.append(f"  original {atoms_text(first.original)}   final {atoms_text(first.final)}")
-        out.append(f"  domains: " + ", ".join(f"{k} {d.text}" for k, d in sorted(first.domains.items())))
+        out.append("  domains: " + ", ".join(f"{k} {d.text}" for k, d in sorted(first.domains.items())))
     for r in runs:
         out.append("")
         head = f"{r.builder} under {r.model}"
