@@ -13,6 +13,7 @@ code (0.17 us against 0.94 us per instruction, see benchmarks/scan_throughput.py
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -250,11 +251,18 @@ class CodeDecoder:
                 return None, len(seen)
         return vote, len(seen)
 
-    def jump_table(self, offset: int) -> tuple[int, int, int | None] | None:
-        """For an indirect jump through a table (``jmp [table + reg*4]``, 16-bit
-        ``jmp [cs:bx + table]``) at ``offset``: (table address, entry size, entry count or
-        None); else None. The count comes from the bounds check compilers put right before
-        the jump (``cmp reg, N`` then ``ja``/``jae`` to the default case), when there is one."""
+    def jump_table(self, offset: int, starts: Container[int] | None = None) -> tuple[int, int, int | None] | None:
+        """For an indirect jump through a table at ``offset``: (table address, entry size, entry
+        count or None); else None. The forms compilers emit (docs/scanning.md, "Jump tables"):
+
+        * ``jmp [table + reg*4]`` (``FF 24 85 disp32``, with or without a CS override);
+        * ``jmp [reg + table]`` after ``shl reg, 2``: Open Watcom's pre-scaled index
+          (``C1 E0 02`` / ``2E FF A0 disp32``);
+        * 16-bit ``jmp [cs:bx + table]`` (``2E FF A7 disp16``; also SI/DI), 2-byte entries.
+
+        The count comes from the bounds check before the jump when there is one
+        (:meth:`_table_bound`); ``starts``, when given, are the proven instruction starts the
+        check may begin at (a misaligned decode can read a compare out of other bytes)."""
         d = self._dec
         d.position = offset
         d.ip = offset + self._delta
@@ -263,42 +271,122 @@ class CodeDecoder:
         if ins.is_invalid or ins.flow_control != _FC.INDIRECT_BRANCH or ins.op0_kind != _OK.MEMORY:
             return None
         if self._bitness == 16:
-            if ins.memory_base in (_REG.NONE, _REG.BX, _REG.SI, _REG.DI) and ins.memory_index == _REG.NONE \
-                    and ins.memory_base != _REG.NONE and ins.memory_displacement:
-                return ins.memory_displacement & 0xFFFF, 2, self._table_bound(offset)
+            if ins.memory_base in (_REG.BX, _REG.SI, _REG.DI) and ins.memory_index == _REG.NONE \
+                    and ins.memory_displacement:
+                return ins.memory_displacement & 0xFFFF, 2, self._table_bound(offset, starts)
             return None
-        if ins.memory_base == _REG.NONE and ins.memory_index != _REG.NONE and ins.memory_index_scale == 4:
-            return ins.memory_displacement & 0xFFFFFFFF, 4, self._table_bound(offset)
+        base, index = ins.memory_base, ins.memory_index
+        if base == _REG.NONE and index != _REG.NONE and ins.memory_index_scale == 4:
+            return ins.memory_displacement & 0xFFFFFFFF, 4, self._table_bound(offset, starts)
+        if index == _REG.NONE and base in _SHL2 and ins.memory_displ_size == 4 and offset >= self._start + 3 \
+                and self._data[offset - 3 : offset] == _SHL2[base]:
+            return ins.memory_displacement & 0xFFFFFFFF, 4, self._table_bound(offset - 3, starts)
         return None
 
-    def _table_bound(self, offset: int) -> int | None:
-        """Entries allowed by a ``cmp reg, imm`` + ``ja``/``jae`` that lead straight (a few
-        instructions, decoding exactly onto ``offset``) to the table jump at ``offset``."""
+    def _table_bound(self, offset: int, starts: Container[int] | None = None) -> int | None:
+        """Entries allowed by the bounds check that leads straight to the table jump at
+        ``offset`` (a few instructions, decoding exactly onto it), or None:
+
+        * ``cmp x, N`` then ``ja``/``jae`` to the default case and on to the jump (optimised
+          code): N+1 / N entries;
+        * ``cmp x, N`` / ``jbe L`` / ``jmp default`` / ``L: mov reg, x`` ... (unoptimised code:
+          the in-range path jumps over the jump to the default case): N+1 (``jb``: N);
+        * ``and reg, 2^k-1`` with no compare (hand-written assembly): 2^k.
+
+        The nearest check wins: the compare of this jump, not an older one (or one read out
+        of the middle of other instructions) that also happens to decode onto it.
+        """
         d = self._dec
         ins = self._insn
-        for s in range(max(self._start, offset - _BOUND_WINDOW), offset):
+        for s in range(offset - 1, max(self._start, offset - _BOUND_WINDOW) - 1, -1):
+            if starts is not None and s not in starts:
+                continue
             d.position = s
             d.ip = s + self._delta
             d.decode_out(ins)
-            if ins.is_invalid or ins.mnemonic != _M.CMP or ins.op_count != 2 or ins.op0_kind != _OK.REGISTER \
-                    or ins.op1_kind not in _IMM_KINDS:
+            if ins.is_invalid or ins.op_count != 2 or ins.op1_kind not in _IMM_KINDS:
+                continue
+            mn = ins.mnemonic
+            if mn == _M.AND and ins.op0_kind == _OK.REGISTER:
+                mask = ins.immediate(1) & 0xFFFFFFFF
+                if mask < _MAX_MASK and mask & (mask + 1) == 0 and self._straight(s + ins.len, offset):
+                    return mask + 1
+                continue
+            if mn != _M.CMP or ins.op0_kind not in (_OK.REGISTER, _OK.MEMORY):
                 continue
             limit = ins.immediate(1) & 0xFFFFFFFF
             pos = s + ins.len
             count = None
             while pos < offset:
+                d.position = pos
+                d.ip = pos + self._delta
                 d.decode_out(ins)
                 if ins.is_invalid:
                     break
-                if ins.code in _JA_CODES:
-                    count = limit + 1
-                elif ins.code in _JAE_CODES:
-                    count = limit
+                code = ins.code
+                if code in _JA_CODES or code in _JAE_CODES:
+                    count = limit + 1 if code in _JA_CODES else limit
+                elif code in _JBE_CODES or code in _JB_CODES:
+                    # the in-range path is the branch: it must skip forward, toward the jump
+                    t = self.offset_of(ins.near_branch_target)
+                    if t is None or not pos < t <= offset:
+                        break
+                    count = limit + 1 if code in _JBE_CODES else limit
+                    pos = t
+                    continue
                 elif ins.flow_control != _FC.NEXT:
                     break
                 pos += ins.len
             if pos == offset and count is not None:
                 return count
+        return None
+
+    def _straight(self, pos: int, offset: int) -> bool:
+        """Plain fall-through instructions decode from ``pos`` exactly onto ``offset``."""
+        d = self._dec
+        ins = self._insn
+        d.position = pos
+        d.ip = pos + self._delta
+        while pos < offset:
+            d.decode_out(ins)
+            if ins.is_invalid or ins.flow_control != _FC.NEXT:
+                return False
+            pos += ins.len
+        return pos == offset
+
+    def operand_spans(self, offset: int) -> tuple[tuple[int, int], ...]:
+        """(offset within the instruction, size) of its immediate and displacement fields."""
+        d = self._dec
+        d.position = offset
+        d.ip = offset + self._delta
+        ins = self._insn
+        d.decode_out(ins)
+        co = d.get_constant_offsets(ins)
+        out = []
+        if co.immediate_size:
+            out.append((co.immediate_offset, co.immediate_size))
+        if co.immediate_size2:
+            out.append((co.immediate_offset2, co.immediate_size2))
+        if co.displacement_size:
+            out.append((co.displacement_offset, co.displacement_size))
+        return tuple(out)
+
+    def immediate(self, offset: int) -> int | None:
+        """The (last) immediate operand of the instruction at ``offset`` when it is as wide as
+        an address in this code (32 bits, or 16 in 16-bit code), else None."""
+        d = self._dec
+        d.position = offset
+        d.ip = offset + self._delta
+        ins = self._insn
+        d.decode_out(ins)
+        if ins.is_invalid:
+            return None
+        for i in range(ins.op_count - 1, -1, -1):
+            k = ins.op_kind(i)
+            if k == _OK.IMMEDIATE32:
+                return ins.immediate(i) & 0xFFFFFFFF
+            if k == _OK.IMMEDIATE16 and self._bitness == 16:
+                return ins.immediate(i) & 0xFFFF
         return None
 
     def text(self, offset: int) -> str:
@@ -314,10 +402,16 @@ class CodeDecoder:
 
 _REG = _ix.Register
 _NEAR_BRANCH_KINDS = {_OK.NEAR_BRANCH16, _OK.NEAR_BRANCH32}
-_BOUND_WINDOW = 24  # bytes before a table jump searched for its bounds check
+_BOUND_WINDOW = 40  # bytes before a table jump searched for its bounds check
+_MAX_MASK = 1 << 12  # an ``and`` mask bounding a table is small
 _IMM_KINDS = {_OK.IMMEDIATE8, _OK.IMMEDIATE16, _OK.IMMEDIATE32, _OK.IMMEDIATE8TO16, _OK.IMMEDIATE8TO32}
 _JA_CODES = {_C.JA_REL8_16, _C.JA_REL8_32, _C.JA_REL16, _C.JA_REL32_32}
 _JAE_CODES = {_C.JAE_REL8_16, _C.JAE_REL8_32, _C.JAE_REL16, _C.JAE_REL32_32}
+_JBE_CODES = {_C.JBE_REL8_16, _C.JBE_REL8_32, _C.JBE_REL16, _C.JBE_REL32_32}
+_JB_CODES = {_C.JB_REL8_16, _C.JB_REL8_32, _C.JB_REL16, _C.JB_REL32_32}
+# ``shl reg, 2`` (C1 /4 ib) by base register: Open Watcom's pre-scaled jump-table index.
+_SHL2 = {r: bytes((0xC1, 0xE0 + i, 2)) for i, r in enumerate(
+    (_REG.EAX, _REG.ECX, _REG.EDX, _REG.EBX, _REG.ESP, _REG.EBP, _REG.ESI, _REG.EDI)) if r not in (_REG.ESP,)}
 
 _FORMATTER = _ix.Formatter(_ix.FormatterSyntax.NASM)
 _FORMATTER.hex_prefix = "0x"

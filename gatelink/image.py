@@ -6,6 +6,7 @@ and everything after it never look at headers again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -79,6 +80,10 @@ class Image:
     regions: list[Region] = field(default_factory=list)
     facts: dict[str, object] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Addresses of the 32-bit absolute fields the loader relocates (PE HIGHLOW base relocations),
+    # sorted. Each holds an address the linker placed: an instruction operand or data, never an
+    # instruction start, and never part of a gate stub (docs/scanning.md, "Code pointers").
+    relocations: Sequence[int] = ()
 
     @property
     def code_regions(self) -> list[Region]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from array import array
 
 import pefile
 
@@ -148,7 +149,58 @@ def _build(path: str, data: bytes, pe: pefile.PE) -> Image:
             )
         )
     _check_overlaps(img)
+    if not is64:
+        img.relocations = _relocations(pe, data, img)
+        img.facts["base_relocations"] = len(img.relocations)
     return img
+
+
+_IMAGE_REL_BASED_ABSOLUTE = 0  # padding entry
+_IMAGE_REL_BASED_HIGHLOW = 3
+_DIR_BASERELOC = 5
+# A relocation block covers one 4 KiB page; more entries than bytes in the directory is
+# impossible, so the directory size bounds the work on a hostile file.
+
+
+def _relocations(pe: pefile.PE, data: bytes, img: Image) -> array:
+    """The addresses of HIGHLOW base relocations, sorted and unique (read by hand: pefile builds
+    an object per entry, slow on the tens of thousands a real application has)."""
+    out = array("I")
+    dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
+    if len(dirs) <= _DIR_BASERELOC:
+        return out
+    rva, size = dirs[_DIR_BASERELOC].VirtualAddress, dirs[_DIR_BASERELOC].Size
+    if not rva or not size:
+        return out
+    try:
+        off = pe.get_offset_from_rva(rva)
+    except Exception:
+        off = None
+    if off is None or off >= len(data):
+        img.warnings.append(f"base relocation directory at RVA {rva:#x} is outside the file: ignored")
+        return out
+    end = min(len(data), off + size)
+    base = pe.OPTIONAL_HEADER.ImageBase
+    other: set[int] = set()
+    pos = off
+    while pos + 8 <= end:
+        page, block = struct.unpack_from("<II", data, pos)
+        if block < 8 or pos + block > end:
+            if block != 0:
+                img.warnings.append(f"base relocation block at {pos:#x} has a bad size {block}: the rest is ignored")
+            break
+        entries = struct.unpack_from(f"<{(block - 8) // 2}H", data, pos + 8)
+        for e in entries:
+            kind = e >> 12
+            if kind == _IMAGE_REL_BASED_HIGHLOW:
+                out.append((base + page + (e & 0xFFF)) & 0xFFFFFFFF)
+            elif kind != _IMAGE_REL_BASED_ABSOLUTE:
+                other.add(kind)
+        pos += block
+    if other:
+        img.warnings.append("base relocations of types " + ", ".join(map(str, sorted(other)))
+                            + " are not HIGHLOW: not used as code-pointer evidence")
+    return array("I", sorted(set(out)))
 
 
 def _exports(pe: pefile.PE, img: Image) -> list[tuple[int, str]]:

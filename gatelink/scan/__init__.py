@@ -14,10 +14,11 @@ Stub patterns in data regions are never sites (near misses with reason ``non-cod
 
 from __future__ import annotations
 
+import bisect
 import os
 import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..catalog import MAX_STUB_SELECTOR, UD2_SHAPES, Shape
@@ -26,6 +27,7 @@ from ..gates import GateDB
 from ..gates import bundled as bundled_gates
 from ..image import Image, Region, RegionKind
 from . import candidates as _cand
+from .discover import FULL_LIMIT, STRONG, CodeMap, relocated_pointers
 from .sweep import CallIndex, Sweep, Verdict, prove_by_calls
 
 # The legacy UD2 gate forms: the marker byte after UD2 -> the form's length.
@@ -43,9 +45,14 @@ WRONG_BITNESS = "wrong-bitness"
 UNKNOWN_FORM = "unknown-form"
 STRADDLES_REGION_END = "straddles-region-end"
 CODE_64BIT = "64-bit-code"
+RELOCATED_BYTES = "relocated-bytes"
+INSIDE_JUMP_TABLE = "inside-jump-table"
+AMBIGUOUS_START = "ambiguous-start"
+NOT_A_STUB = "not-a-stub"
 REASONS = (
     INSIDE_INSTRUCTION, NO_BOUNDARY_EVIDENCE, NON_CODE_REGION, SELECTOR_OUT_OF_RANGE,
-    WRONG_BITNESS, UNKNOWN_FORM, STRADDLES_REGION_END, CODE_64BIT,
+    WRONG_BITNESS, UNKNOWN_FORM, STRADDLES_REGION_END, CODE_64BIT, RELOCATED_BYTES, INSIDE_JUMP_TABLE,
+    AMBIGUOUS_START, NOT_A_STUB,
 )
 
 
@@ -154,6 +161,49 @@ def scan(
     return result
 
 
+def verify_sites(image: Image, locations: Iterable[int], gates: GateDB | None = None) -> ScanResult:
+    """Verify stub locations a linker emitted instead of searching for stubs.
+
+    ``locations`` are file offsets of the first byte of each stub. Each one is checked exactly
+    as the scanner checks a candidate it found itself: its bytes must form a known shape of the
+    region's bitness with an allowed selector, and its first byte must be a proven instruction
+    boundary. A location that passes is a :class:`Site` of the result; every other one is a
+    :class:`NearMiss` at that offset with the reason (``not-a-stub`` when no stub shape starts
+    there, ``non-code-region`` outside code). Stubs at offsets not given are not looked for.
+    """
+    db = gates if gates is not None else bundled_gates()
+    result = ScanResult(image=image, gates=db)
+    result.warnings.extend(image.warnings)
+    wanted = sorted(set(locations))
+    by_region: dict[str, set[int]] = {}
+    for off in wanted:
+        region = next((r for r in image.regions if r.contains_offset(off)), None)
+        if region is None or region.kind is not RegionKind.CODE or region.bitness not in (16, 32):
+            where = "outside every region" if region is None else \
+                ("in a data region" if region.kind is not RegionKind.CODE else "in 64-bit code")
+            result.near_misses.append(NearMiss(off, NON_CODE_REGION, region.name if region else "",
+                                               region.address_of(off) if region else None, None,
+                                               f"the location is {where}"))
+            continue
+        by_region.setdefault(region.name, set()).add(off)
+    for region in image.regions:
+        only = by_region.get(region.name)
+        if only:
+            _scan_code(image, region, db, result, 1, frozenset(only))
+    sites = {s.file_offset for s in result.sites}
+    result.near_misses = [n for n in result.near_misses if n.file_offset in set(wanted) and n.file_offset not in sites]
+    explained = sites | {n.file_offset for n in result.near_misses}
+    for off in wanted:
+        if off not in explained:
+            region = next(r for r in image.regions if r.contains_offset(off))
+            result.near_misses.append(NearMiss(off, NOT_A_STUB, region.name, region.address_of(off), None,
+                                               f"no stub shape starts here (bytes {bytes(image.data[off : off + 10]).hex(' ')})"))
+    result.sites = [s for s in result.sites if s.file_offset in set(wanted)]
+    result.sites.sort(key=lambda s: s.file_offset)
+    result.near_misses.sort(key=lambda n: (n.file_offset, n.reason))
+    return result
+
+
 def _scan_other(image: Image, region: Region, result: ScanResult) -> None:
     """Data regions and 64-bit code: stub patterns here are near misses."""
     reason = CODE_64BIT if region.kind is RegionKind.CODE else NON_CODE_REGION
@@ -181,8 +231,14 @@ _ChunkResult = tuple[list[Site], list[NearMiss], int]  # sites, near misses, ins
 CHUNK_BYTES = 16 << 20
 
 
-def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, jobs: int) -> None:
+def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, jobs: int,
+               only: frozenset[int] | None = None) -> None:
     hits = _cand.find(image.data, region.file_offset, region.end_offset)
+    if only is not None:
+        # verify_sites: the candidates with a reading that starts at a given location, and only
+        # those readings (the proof still decides whether the start is a boundary).
+        hits = [h._replace(matches=tuple(m for m in h.matches if m.start in only))
+                for h in hits if any(m.start in only for m in h.matches)]
     chunks: list[list[_cand.Hit]] = []
     for hit in hits:
         k = (hit.lo - region.file_offset) // CHUNK_BYTES
@@ -251,6 +307,9 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
     def read_table(addr: int, n: int) -> bytes:
         return _read_at(image, addr, n, region)
 
+    cmap = _code_map(image, region, dec, read_table) if region.size <= FULL_LIMIT else None
+    if cmap is not None:
+        result.decoded_instructions += cmap.decoded
     # Self-synchronisation assumes code without data between functions: compiled PE code.
     # Drivers and kernels keep strings and tables in their code segments.
     sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
@@ -266,11 +325,13 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
             )
             continue
         lo = inside[0].start if inside else hit.pos
-        verdict = sweep.prove(lo, hit.pos)
+        verdict = _from_map(cmap, lo, hit.pos) if cmap is not None else None
+        if verdict is None:
+            verdict = sweep.prove(lo, hit.pos)
         if inside and verdict.boundary is None and verdict.covering is None:
             unresolved.append((hit, inside, lo, verdict))
             continue
-        _classify(image, region, dec, sweep, hit, inside, verdict, db, result)
+        _classify(image, region, dec, sweep, hit, inside, verdict, db, result, cmap)
     result.decoded_instructions += sweep.decoded
     # Second chance for stub-shaped bytes nothing reached: a direct call from anywhere in the
     # region (callers far away, or after the candidate) whose own boundary is proven.
@@ -281,8 +342,43 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
             if again is not None:
                 result.decoded_instructions += again[1]
                 verdict = again[0]
-            _classify(image, region, dec, None, hit, inside, verdict, db, result)
+            _classify(image, region, dec, None, hit, inside, verdict, db, result, cmap)
     return result.sites, result.near_misses, result.decoded_instructions
+
+
+def _code_map(image: Image, region: Region, dec: CodeDecoder, read_table: Callable[[int, int], bytes]) -> CodeMap:
+    """Whole-region code discovery (:mod:`.discover`): relocated pointers where the image has
+    base relocations, immediates where it has none."""
+    relocs = image.relocations
+    fields = []
+    if relocs:
+        lo, hi = region.address, region.address + region.size
+        i = bisect.bisect_left(relocs, lo - 3)
+        while i < len(relocs) and relocs[i] < hi:
+            fields.append(region.file_offset + relocs[i] - region.address)
+            i += 1
+        spans = [(r.address, r.size, r.file_offset) for r in image.regions]
+        pointers = relocated_pointers(image.data, relocs, spans, dec)
+    else:
+        pointers = []
+    cmap = CodeMap(dec, region.anchors, fields, read_table, immediates=not relocs)
+    return cmap.run([a for a in region.anchors if not a.strong], pointers)
+
+
+def _from_map(cmap: CodeMap, lo: int, hi: int) -> Verdict | None:
+    """What discovery proved about ``[lo, hi]``, or None (left to the sweep)."""
+    b = cmap.start_in(lo, hi)
+    if b is not None:
+        return Verdict(b, None, cmap.level_at(b) >= STRONG, cmap.evidence(b))
+    cov = cmap.covering(lo)
+    if cov is not None:
+        s, n = cov
+        if s + n > hi:
+            return Verdict(None, cov, cmap.level_at(s) >= STRONG, cmap.evidence(s))
+    t = cmap.in_table(lo)
+    if t is not None:
+        return Verdict(None, None, False, "", f"inside a jump table at {cmap.dec.address(t[0]):#x} ({t[2]})")
+    return None
 
 
 def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
@@ -296,7 +392,7 @@ def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
 
 def _classify(
     image: Image, region: Region, dec: CodeDecoder, sweep: Sweep | None, hit: _cand.Hit,
-    matches: list[_cand.Match], v: Verdict, db: GateDB, result: ScanResult,
+    matches: list[_cand.Match], v: Verdict, db: GateDB, result: ScanResult, cmap: CodeMap | None = None,
 ) -> None:
     bits = region.bitness
     assert bits is not None
@@ -313,7 +409,8 @@ def _classify(
             near(m.start, INSIDE_INSTRUCTION, _shape_name(m),
                  f"inside '{dec.text(s)}' at {region.address_of(s):#x} ({v.evidence})")
         else:
-            near(m.start, NO_BOUNDARY_EVIDENCE, _shape_name(m), v.reason)
+            reason = INSIDE_JUMP_TABLE if v.reason.startswith("inside a jump table") else NO_BOUNDARY_EVIDENCE
+            near(m.start, reason, _shape_name(m), v.reason)
         return
     b = v.boundary
     m = next((x for x in matches if x.start == b), None)
@@ -326,6 +423,16 @@ def _classify(
             near(b, UNKNOWN_FORM, _shape_name(matches[0]) if matches else None,
                  f"'{d.text}' at a proven boundary matches no shape")
         return
+    if not v.strong:
+        # A longer stub reading that starts before b and contains this one: only a proven chain
+        # may say an instruction ends inside it. A decode one byte late turns `55 67 9A ...`
+        # into `ret imm16` and a legacy 7-byte form (a wrong site is worse than a missing one).
+        outer = next((x for x in matches if x.start < b and x.start + x.length >= b + m.length), None)
+        if outer is not None:
+            near(b, AMBIGUOUS_START, _shape_name(m),
+                 f"the {_shape_name(outer)} reading at {region.address_of(outer.start):#x} contains it; "
+                 f"heuristic evidence ({v.evidence}) cannot tell which start is real")
+            return
     shape = m.shape
     if shape is None:
         near(b, SELECTOR_OUT_OF_RANGE, _shape_name(m),
@@ -335,6 +442,10 @@ def _classify(
         d = decode_view(bytes(image.data[b : b + 16]), bits, region.address_of(b))
         what = f"'{d.text}'" if isinstance(d, Decoded) else "not an instruction"
         near(b, WRONG_BITNESS, shape.id, f"{shape.bitness}-bit form in {bits}-bit code decodes as {what}")
+        return
+    if _relocated(image, region, b, m.length):
+        # The linker relocates addresses: an operand or data, never a gate number or selector.
+        near(b, RELOCATED_BYTES, shape.id, "a base relocation covers bytes of the stub")
         return
     if not _decodes_as_stub(image.data, b, shape, bits, region, m):
         near(b, UNKNOWN_FORM, shape.id, "bytes match the shape but do not decode as its call")
@@ -357,6 +468,16 @@ def _classify(
     )
     if sweep is not None:
         sweep.accept(b, m.length)
+
+
+def _relocated(image: Image, region: Region, b: int, n: int) -> bool:
+    """Any of the ``n`` bytes at file offset ``b`` inside a relocated 32-bit field."""
+    relocs = image.relocations
+    if not relocs:
+        return False
+    a = region.address_of(b)
+    i = bisect.bisect_left(relocs, a - 3)
+    return i < len(relocs) and relocs[i] < a + n
 
 
 def _not_code_after(data: bytes, at: int, bits: int, region: Region) -> str:
