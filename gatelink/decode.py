@@ -59,6 +59,8 @@ def _data_like(code: int, n: int, ins: _ix.Instruction, data: bytes, pos: int) -
     zeros.) The hot loops call it only for codes in ``_LOOK_TWICE``."""
     return code in _DATA_LIKE_CODES or (code in _STRING_IO_CODES and not ins.has_rep_prefix) \
         or (n == 2 and data[pos] == 0 and data[pos + 1] == 0)
+# Why CodeDecoder.straight stopped.
+STRAIGHT_STEP, STRAIGHT_BUSY, STRAIGHT_SEEN, STRAIGHT_RELOC = 0, 1, 2, 3
 # Outcomes of CodeDecoder.sync_vote.
 SYNC_AT, SYNC_IN, SYNC_DEAD = 1, 2, 3
 _DEAD = (SYNC_DEAD, 0, 0)
@@ -189,6 +191,48 @@ class CodeDecoder:
             pos += n
             count += 1
         return pos, last, count
+
+    def straight(self, pos: int, busy: bytearray, scratch: bytearray, out: list[int],
+                 imm_first: frozenset[int] | None, imm_out: list[int], relocs: bytearray | None) -> tuple[int, int]:
+        """Code discovery's hot loop: decode plain fall-through instructions from ``pos``,
+        appending each start to ``out`` and marking it in ``scratch`` (one byte per region byte,
+        indexed from the region start), until something needs the full rules of :meth:`step`.
+
+        Stops *at* ``pos`` (returns ``(pos, why)``) when: ``busy[pos]`` or ``scratch[pos]`` is
+        set (``STRAIGHT_BUSY``, ``STRAIGHT_SEEN``), the instruction is not plain fall-through,
+        is invalid or may be data-like (``STRAIGHT_STEP``), or overlaps a relocated field
+        past its first byte (``STRAIGHT_RELOC``). Instructions whose first byte is in
+        ``imm_first`` are also appended to ``imm_out`` (their immediate may be a code address).
+        """
+        d = self._dec
+        ins = self._insn
+        d.position = pos
+        d.ip = pos + self._delta
+        s0 = self._start
+        end = self._end
+        data = self._data
+        next_ = _FC.NEXT
+        look = _LOOK_TWICE
+        while True:
+            r = pos - s0
+            if pos >= end:
+                return pos, STRAIGHT_STEP
+            if busy[r]:
+                return pos, STRAIGHT_BUSY
+            if scratch[r]:
+                return pos, STRAIGHT_SEEN
+            d.decode_out(ins)
+            n = ins.len
+            if ins.flow_control != next_ or pos + n > end or ins.code in look:
+                d.position = pos
+                return pos, STRAIGHT_STEP
+            if relocs is not None and relocs.find(1, r + 1, r + n) != -1:
+                return pos, STRAIGHT_RELOC
+            if imm_first is not None and data[pos] in imm_first:
+                imm_out.append(pos)
+            scratch[r] = n
+            out.append(pos)
+            pos += n
 
     def sync_vote(self, first: int, count: int, lo: int, hi: int) -> tuple[tuple[int, int, int] | None, int]:
         """Decode from each of ``count`` starts ``first, first + 1, ...`` to the span

@@ -17,6 +17,7 @@ names. Selector 2 names OS gates, 1 and 3 user gates, 4 server gates.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -98,13 +99,20 @@ def _digest(text: bytes) -> str:
 
 
 def bundled() -> GateDB:
-    """The packaged RDOS gate list."""
-    raw = resources.files("gatelink").joinpath("data/rdos-gates.csv").read_bytes()
-    gates, warnings = _parse_csv("bundled rdos-gates.csv", raw.decode("utf-8"))
+    """The packaged RDOS gate list (a fresh database each call: callers may overlay it)."""
+    gates, warnings, digest = _bundled_parsed()
     db = GateDB()
     db.warnings.extend(warnings)
-    _install(db, gates, "bundled", _digest(raw), "rdos-user rdu.h Dec 2025, OW rdk.h, rdos-uACPI rdacpi.h")
+    _install(db, list(gates), "bundled", digest, "rdos-user rdu.h Dec 2025, OW rdk.h, rdos-uACPI rdacpi.h")
     return db
+
+
+@functools.cache
+def _bundled_parsed() -> tuple[tuple[Gate, ...], tuple[str, ...], str]:
+    """The packaged list parsed once per process (it never changes while we run)."""
+    raw = resources.files("gatelink").joinpath("data/rdos-gates.csv").read_bytes()
+    gates, warnings = _parse_csv("bundled rdos-gates.csv", raw.decode("utf-8"))
+    return tuple(gates), tuple(warnings), _digest(raw)
 
 
 def load(paths: list[str] | tuple[str, ...] = (), use_bundled: bool = True) -> GateDB:

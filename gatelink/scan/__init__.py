@@ -27,7 +27,7 @@ from ..gates import GateDB
 from ..gates import bundled as bundled_gates
 from ..image import Image, Region, RegionKind
 from . import candidates as _cand
-from .discover import FULL_LIMIT, STRONG, CodeMap, relocated_pointers
+from .discover import FULL_LIMIT, STRONG, CodeMap, describe_gap, gap_verdict, relocated_pointers
 from .sweep import CallIndex, Sweep, Verdict, prove_by_calls
 
 # The legacy UD2 gate forms: the marker byte after UD2 -> the form's length.
@@ -315,6 +315,12 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
     sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
     end = region.end_offset
     unresolved: list[tuple[_cand.Hit, list[_cand.Match], int, Verdict]] = []
+    stub_starts = {m.start + m.shape.call_at for h in hits for m in h.matches
+                   if m.shape is not None and m.shape.bitness in (None, region.bitness)}
+
+    def stub_at(pos: int) -> bool:
+        """A stub shape's trapping far call starts at ``pos`` (gap decodes meet them)."""
+        return pos in stub_starts
     for hit in hits:
         inside = [m for m in hit.matches if m.start + m.length <= end]
         if hit.matches and not inside:
@@ -325,10 +331,11 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
             )
             continue
         lo = inside[0].start if inside else hit.pos
-        verdict = _from_map(cmap, lo, hit.pos) if cmap is not None else None
-        if verdict is None:
+        if cmap is not None:
+            verdict = _from_map(cmap, lo, hit.pos) or _from_gap(cmap, lo, hit.pos, stub_at)
+        else:
             verdict = sweep.prove(lo, hit.pos)
-        if inside and verdict.boundary is None and verdict.covering is None:
+        if inside and verdict.boundary is None and verdict.covering is None and cmap is None:
             unresolved.append((hit, inside, lo, verdict))
             continue
         _classify(image, region, dec, sweep, hit, inside, verdict, db, result, cmap)
@@ -363,6 +370,14 @@ def _code_map(image: Image, region: Region, dec: CodeDecoder, read_table: Callab
         pointers = []
     cmap = CodeMap(dec, region.anchors, fields, read_table, immediates=not relocs)
     return cmap.run([a for a in region.anchors if not a.strong], pointers)
+
+
+def _from_gap(cmap: CodeMap, lo: int, hi: int, stub_at: Callable[[int], bool]) -> Verdict:
+    """Heuristic evidence for a candidate discovery did not reach (:func:`.discover.gap_verdict`)."""
+    g = gap_verdict(cmap, lo, hi, stub_at)
+    if g.boundary is None and g.covering is None:
+        return Verdict(None, None, False, "", f"{describe_gap(cmap, lo)}; {g.reason}")
+    return Verdict(g.boundary, g.covering, False, g.evidence)
 
 
 def _from_map(cmap: CodeMap, lo: int, hi: int) -> Verdict | None:

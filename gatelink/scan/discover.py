@@ -38,7 +38,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..decode import CodeDecoder, Flow
+from ..decode import STRAIGHT_BUSY, STRAIGHT_SEEN, CodeDecoder, Flow
 from ..image import Anchor
 
 FULL_LIMIT = 8 << 20  # regions up to this size are discovered whole (every RDOS binary is far smaller)
@@ -58,11 +58,28 @@ _CSTRING = re.compile(rb"[\t\n\r\x20-\x7e]{4,}\x00")
 _IMM_OPS = frozenset([0x68, 0xC7, *range(0xB8, 0xC0)])
 
 
+_ONES = [b"\x01" * i for i in range(32)]
+
+
 @dataclass(frozen=True, slots=True)
 class Seed:
     offset: int
     level: int
     why: str
+
+
+class _Starts:
+    """Instruction starts a bounds check may begin at: this descent's and proven ones."""
+
+    __slots__ = ("a", "b", "s0")
+
+    def __init__(self, a: bytearray, b: bytearray, s0: int) -> None:
+        self.a, self.b, self.s0 = a, b, s0
+
+    def __contains__(self, p: object) -> bool:
+        assert isinstance(p, int)
+        r = p - self.s0
+        return 0 <= r < len(self.a) and bool(self.a[r] or self.b[r])
 
 
 class Rejected(Exception):
@@ -86,7 +103,9 @@ class CodeMap:
         n = self.end - self.start
         self.ilen = bytearray(n)
         self.level = bytearray(n)
-        self.cover = bytearray(n)  # 1 where a proven instruction covers the byte (its start included)
+        self.busy = bytearray(n)  # 1 where a proven instruction covers the byte, or data, or a relocated field
+        self.known = bytearray(n)  # 1 where a proven instruction covers the byte, or known data
+        self.scratch = bytearray(n)  # the current descent's instruction lengths (cleared after it)
         self.data = bytearray(n)
         self.seed_of = array("i", bytes(4 * n))
         self.seeds: list[Seed] = []
@@ -99,6 +118,9 @@ class CodeMap:
         for r in self.relocs:
             a = r - self.start
             self.reloc_map[a : a + 4] = b"\x01\x01\x01\x01"[: n - a]
+        self.busy[:] = self.reloc_map
+        # First bytes of instructions whose immediate may be a code address (no relocations).
+        self._imm_first = (_IMM_OPS | {0x66}) if immediates else None
         self.tables: list[tuple[int, int, str]] = []  # (start, end, why): jump tables found
         self._imm_candidates: dict[int, str] = {}
         self._pending: list[tuple[int, int, str]] = []  # (offset, level, why) worklist
@@ -141,10 +163,8 @@ class CodeMap:
             rel = off - self.start
             if self.ilen[rel] and self.level[rel] >= level:
                 continue
-            if self.cover[rel] and not self.ilen[rel]:
-                continue  # inside a proven instruction: a target that contradicts proven code
-            if self.data[rel]:
-                continue
+            if self.busy[rel] and not self.ilen[rel]:
+                continue  # inside a proven instruction, data or a relocated field: contradicts what is proven
             self.seeds.append(Seed(off, level, why))
             mark = len(self._probes)
             try:
@@ -165,13 +185,15 @@ class CodeMap:
 
     def _try_pointer(self, off: int, level: int, why: str) -> None:
         rel = off - self.start
-        if self.ilen[rel] or self.cover[rel] or self.data[rel]:
-            return  # already proven (or contradicted by proven code / known data)
-        if self.reloc_map[rel]:
-            return
+        if self.ilen[rel] or self.busy[rel]:
+            return  # already proven (or contradicted by proven code, known data, a relocated field)
         m = _CSTRING.match(self.dec._data, off, min(self.end, off + 256))  # noqa: SLF001
         if m is not None:
             return  # a string kept in code
+        if level < STRONG and gap_verdict(self, off, off, _never).covering is not None:
+            # An unrelocated immediate may equal a code offset by coincidence: the code around
+            # it, decoded from where proven code ends, must not put an instruction across it.
+            return
         mark = len(self._probes)
         try:
             insns, targets, tables = self._descend(off, level, trial=True)
@@ -192,94 +214,107 @@ class CodeMap:
             self.ilen[r] = n
             self.level[r] = level
             self.seed_of[r] = seed
-            self.cover[r : r + n] = b"\x01" * n
+            self.busy[r : r + n] = _ONES[n]
+            self.known[r : r + n] = _ONES[n]
         for t0, t1, why in tables:
             self.data[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
+            self.busy[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
+            self.known[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
             self.tables.append((t0, t1, why))
         for t, why in targets:
             self._pending.append((t, level, why))
 
     def _descend(self, off: int, level: int, trial: bool) -> tuple[list[tuple[int, int]], list[tuple[int, str]],
                                                                     list[tuple[int, int, str]]]:
-        """Decode the code reachable from ``off`` by fall-through, in this region, up to proven
-        code. Direct targets and jump-table entries come back as ``targets`` (the caller
-        descends from them later, at the same level). A ``trial`` raises :class:`Rejected` on
-        anything that cannot be code; a proven descent just stops there."""
+        """Decode the code reachable from ``off`` by fall-through and branches (the function it
+        starts, in this region), up to proven code. Call targets come back as ``targets`` (the
+        caller descends from them later, at the same level); bounded jump tables are followed
+        here, unbounded ones leave their entries to be confirmed one by one. A ``trial`` raises
+        :class:`Rejected` on anything that cannot be code; a proven descent just stops there."""
         dec = self.dec
         s0 = self.start
-        ilen, cover, data, rmap = self.ilen, self.cover, self.data, self.reloc_map
-        insns: list[tuple[int, int]] = []
+        ilen, busy, scratch = self.ilen, self.busy, self.scratch
+        out: list[int] = []
+        imm_out: list[int] = []
         targets: list[tuple[int, str]] = []
         tables: list[tuple[int, int, str]] = []
-        probes = self._probes
-        mine: dict[int, int] = {}
+        rmap = self.reloc_map if self.relocs else None
+        imm_first = self._imm_first
         work = [off]
-        budget = TRIAL_LIMIT
-        while work:
-            pos = work.pop()
-            while True:
-                r = pos - s0
-                if pos >= self.end:
-                    if trial:
-                        raise Rejected("runs off the region")
-                    break
-                if ilen[r] and self.level[r] >= level:
-                    break  # merged into proven code
-                if pos in mine:
-                    break
-                if (cover[r] and not ilen[r]) or data[r] or rmap[r]:
-                    if trial:
-                        raise Rejected(f"decodes into {'data' if data[r] else 'a relocated field' if rmap[r] else 'proven code'}")
-                    break
-                n, flow, tgt, data_like = dec.step(pos)
-                self.decoded += 1
-                if n == 0 or (data_like and (trial or level < STRONG)):
-                    if trial:
-                        raise Rejected("invalid or data-like instruction")
-                    break
-                # Relocated bytes inside the instruction must be exactly an operand field.
-                if rmap[r + 1 : r + n].count(1) and not self._relocs_fit(pos, n):
-                    if trial:
-                        raise Rejected("an instruction splits a relocated field")
-                    break
-                mine[pos] = n
-                insns.append((pos, n))
-                budget -= 1
-                if budget <= 0 and trial:
-                    raise Rejected("too long to confirm")
-                if self.immediates:
-                    self._immediate(pos, n)
-                if tgt is not None:
-                    if flow is Flow.CALL:
-                        targets.append((tgt, f"call at {dec.address(pos):#x}"))
-                    elif flow is Flow.COND or flow is Flow.JUMP:
-                        work.append(tgt)  # same function: part of this descent (and its trial)
-                if flow is Flow.JUMP:
-                    break
-                if flow is Flow.STOP:
-                    tab = self._jump_table(pos, mine)
-                    if tab is not None:
-                        t0, t1, entries, why, bounded = tab
-                        if t0 is not None:
-                            tables.append((t0, t1, why))
-                            for q in range(t0, t1):
-                                if q in mine:
-                                    if trial:
-                                        raise Rejected("a jump table overlaps its own code")
-                        if bounded:
-                            work.extend(entries)
-                        else:
-                            # The table's extent is a guess: each entry must confirm itself.
-                            probes.extend((e, why) for e in entries)
-                    break
-                pos += n
-        if trial:
-            # The trial's own instructions must not overlap one another either.
-            last_end = -1
-            for p, n in sorted(insns):
-                if p < last_end:
-                    raise Rejected("overlapping instructions")
-                last_end = p + n
+        try:
+            while work:
+                pos = work.pop()
+                while True:
+                    pos, why = dec.straight(pos, busy, scratch, out, imm_first, imm_out, rmap)
+                    self.decoded += 1
+                    r = pos - s0
+                    if why == STRAIGHT_SEEN:
+                        break
+                    if why == STRAIGHT_BUSY:
+                        if ilen[r] and self.level[r] >= level:
+                            break  # merged into proven code
+                        if not ilen[r]:
+                            if trial:
+                                raise Rejected("decodes into " + ("data" if self.data[r] else "a relocated field"
+                                                                  if self.reloc_map[r] else "proven code"))
+                            break
+                        # a start proven at a lower level: this chain upgrades it (decode on)
+                    if pos >= self.end:
+                        if trial:
+                            raise Rejected("runs off the region")
+                        break
+                    n, flow, tgt, data_like = dec.step(pos)
+                    if n == 0 or (data_like and (trial or level < STRONG)):
+                        if trial:
+                            raise Rejected("invalid or data-like instruction")
+                        break
+                    if rmap is not None and rmap.find(1, r + 1, r + n) != -1 and not self._relocs_fit(pos, n):
+                        # Relocated bytes inside an instruction must be exactly an operand field.
+                        if trial:
+                            raise Rejected("an instruction splits a relocated field")
+                        break
+                    scratch[r] = n
+                    out.append(pos)
+                    if imm_first is not None and dec._data[pos] in imm_first:  # noqa: SLF001
+                        imm_out.append(pos)
+                    if trial and len(out) > TRIAL_LIMIT:
+                        raise Rejected("too long to confirm")
+                    if tgt is not None:
+                        if flow is Flow.CALL:
+                            targets.append((tgt, f"call at {dec.address(pos):#x}"))
+                        elif flow is Flow.COND or flow is Flow.JUMP:
+                            work.append(tgt)  # same function: part of this descent (and its trial)
+                    if flow is Flow.JUMP:
+                        break
+                    if flow is Flow.STOP:
+                        tab = self._jump_table(pos, _Starts(scratch, ilen, s0))
+                        if tab is not None:
+                            t0, t1, entries, why_t, bounded = tab
+                            if t0 is not None:
+                                if trial and any(scratch[q - s0] for q in range(t0, t1)):
+                                    raise Rejected("a jump table overlaps its own code")
+                                tables.append((t0, t1, why_t))
+                            if bounded:
+                                work.extend(entries)
+                            else:
+                                # The table's extent is a guess: each entry must confirm itself.
+                                self._probes.extend((e, why_t) for e in entries)
+                        break
+                    pos += n
+            insns = [(p, scratch[p - s0]) for p in out]
+            if trial:
+                # The trial's own instructions must not overlap one another either.
+                last_end = -1
+                for p, n in sorted(insns):
+                    if p < last_end:
+                        raise Rejected("overlapping instructions")
+                    last_end = p + n
+        finally:
+            for p in out:
+                scratch[p - s0] = 0
+        if imm_first is not None:
+            for p in imm_out:
+                self._immediate(p)
         return insns, targets, tables
 
     def _relocs_fit(self, pos: int, n: int) -> bool:
@@ -294,26 +329,28 @@ class CodeMap:
             i += 1
         return True
 
-    def _immediate(self, pos: int, n: int) -> None:
+    def _immediate(self, pos: int) -> None:
         """An immediate of the instruction at ``pos`` that equals a position in the region: a
         candidate code pointer (no relocations in this image to say it is an address)."""
         data = self.dec._data  # noqa: SLF001
         b = data[pos]
-        p = pos
-        if b == 0x66 and self.dec.bitness == 16:
-            p += 1
-            b = data[p]
+        if b == 0x66:
+            b = data[pos + 1]
         if b not in _IMM_OPS:
             return
         v = self.dec.immediate(pos)
         if v is None:
             return
+        n = self.dec.step(pos)[0]
+        nxt = data[pos + n : pos + n + 2]
+        if nxt[:1] == b"\x8e" or nxt == b"\x66\x8e":
+            return  # moved on into a segment register: a selector (drivers load DS this way), not an address
         t = self.dec.offset_of(v)
         if t is None or t == pos:
             return
         self._imm_candidates.setdefault(t, f"immediate {v:#x} at {self.dec.address(pos):#x}")
 
-    def _jump_table(self, pos: int, starts: dict[int, int]) -> tuple[int | None, int, list[int], str, bool] | None:
+    def _jump_table(self, pos: int, starts: _Starts) -> tuple[int | None, int, list[int], str, bool] | None:
         """The table of the indirect jump at ``pos``: (table start or None when it lies in
         another region, end, entry offsets, why, bounded). A table is bounded by the compiler's
         check, or by the relocations of a relocated image (every entry is relocated)."""
@@ -356,7 +393,7 @@ class CodeMap:
     def covering(self, lo: int) -> tuple[int, int] | None:
         """(start, length) of a proven instruction that starts before ``lo`` and covers it."""
         s0 = self.start
-        if not (s0 <= lo < self.end) or not self.cover[lo - s0]:
+        if not (s0 <= lo < self.end) or not self.busy[lo - s0]:
             return None
         p = lo - 1
         while p >= s0 and p > lo - 16:
@@ -408,3 +445,182 @@ def relocated_pointers(image_data: bytes, relocs: Sequence[int], regions: Sequen
         if t is not None:
             out.setdefault(t, f"relocated pointer at {a:#x}")
     return sorted(out.items())
+
+
+def describe_gap(cmap: CodeMap, lo: int) -> str:
+    """Why discovery did not reach ``lo``: the proven code around the gap that holds it."""
+    s0 = cmap.start
+    r = lo - s0
+    before = cmap.known.rfind(b"\x01", 0, r)
+    after = cmap.known.find(b"\x01", r)
+    addr = cmap.dec.address
+    if before < 0:
+        left = f"no proven code before it (region start {addr(s0):#x})"
+    else:
+        p = before
+        while p > 0 and not cmap.ilen[p]:
+            p -= 1
+        left = f"proven code ends at {addr(s0 + before + 1):#x} after '{cmap.dec.text(s0 + p)}'"
+    right = "no proven code after it" if after < 0 else f"proven code resumes at {addr(s0 + after):#x}"
+    return f"unreached gap: {left}; {right}; no call, branch, jump table or confirmed code pointer leads into it"
+
+
+# -- gaps: code nothing proven leads to ---------------------------------------------------------
+
+GAP_LIMIT = 1 << 14  # a gap decode starts at most this far before a candidate
+_ZEROS = re.compile(rb"\x00+")
+_INT3S = re.compile(rb"\xcc+")
+
+
+@dataclass(frozen=True, slots=True)
+class GapVerdict:
+    """What a linear decode through an unreached gap says about a candidate: an instruction
+    starts at ``boundary``, or ``covering`` = (start, length) covers it; or ``reason`` why the
+    decode proves nothing."""
+
+    boundary: int | None
+    covering: tuple[int, int] | None
+    evidence: str
+    reason: str = ""
+
+
+def gap_verdict(cmap: CodeMap, lo: int, hi: int, is_stub_at: Callable[[int], bool]) -> GapVerdict:
+    """Decode linearly through the unreached gap holding ``[lo, hi]``, the way functions follow
+    one another in compiled code: from where proven code (or known data) ends, skipping what
+    is certainly not code (zero fill, ``int3`` fill, C strings, runs of code addresses), on
+    through returns and jumps (the next function follows), until the candidate.
+
+    Heuristic evidence (``likely``), and only accepted when the stream meets no invalid or
+    data-like instruction, no far call to a never-valid selector that is not a stub
+    (``is_stub_at`` says which are), no relocated field off an operand, and, past the
+    candidate, runs on cleanly to a transfer or lands exactly on the proven code that ends the
+    gap."""
+    dec = cmap.dec
+    s0 = cmap.start
+    r = lo - s0
+    g0 = cmap.known.rfind(b"\x01", max(0, r - GAP_LIMIT), r) + 1
+    if g0 == 0 and cmap.known.rfind(b"\x01", 0, r) != -1:
+        return GapVerdict(None, None, "", f"no proven code within {GAP_LIMIT} bytes before it")
+    g1 = cmap.known.find(b"\x01", r)
+    gap_end = cmap.end if g1 == -1 else s0 + g1
+    pos = s0 + g0
+    what = "region start" if g0 == 0 else f"proven code or data ending at {dec.address(pos):#x}"
+    skipped = 0
+    prev = None  # (start, length) of the last instruction of the stream
+    outcome: tuple[int | None, tuple[int, int] | None] | None = None
+    after_transfer = True  # data may follow only where the last instruction does not fall through
+    seg_first = pos  # the first instruction after a transfer or skipped data
+    starts: set[int] = set()  # instruction starts of the stream
+    targets: list[tuple[int, int]] = []  # (direct branch target, source) of the stream
+    while True:
+        if after_transfer:
+            after_transfer = False
+            q = _skip_data(cmap, pos, gap_end)
+            if q != pos:
+                skipped += q - pos
+                pos = q
+                prev = None
+            seg_first = pos
+        if outcome is None and pos > hi:
+            if prev is None:
+                return GapVerdict(None, None, "", f"the candidate lies in data before {dec.address(pos):#x} "
+                                                  f"(zeros, fill, strings or addresses)")
+        if pos >= gap_end:
+            break
+        if outcome is None and pos >= lo:
+            outcome = (pos, None) if pos <= hi else (None, prev)
+        n, flow, tgt, data_like = dec.step(pos)
+        if outcome is None and n and pos < lo < pos + n and pos + n > hi:
+            outcome = (None, (pos, n))
+        why = ""
+        if n == 0:
+            why = f"invalid instruction at {dec.address(pos):#x}"
+        elif data_like:
+            why = f"data-like '{dec.text(pos)}' at {dec.address(pos):#x}"
+        elif cmap.relocs and cmap.reloc_map.find(1, pos - s0 + 1, pos - s0 + n) != -1 and not cmap._relocs_fit(pos, n):
+            why = f"'{dec.text(pos)}' at {dec.address(pos):#x} splits a relocated field"
+        if why and outcome is None and n != 1 and _skip_data(cmap, pos, gap_end) > pos:
+            # Data in the gap (a table of constants, zero fill): start again after it, but only
+            # where what the decode met is certainly data, never at an arbitrary next byte.
+            after_transfer = True
+            prev = None
+            continue
+        if why:
+            if outcome is None:
+                return GapVerdict(None, None, "", f"linear decode through the gap from {what}: {why}")
+            return GapVerdict(None, None, "", f"linear decode through the gap from {what} reaches the candidate, "
+                                              f"then meets {why}")
+        prev = (pos, n)
+        starts.add(pos)
+        if tgt is not None:
+            targets.append((tgt, pos))
+        if pos + n > gap_end:
+            return GapVerdict(None, None, "", f"linear decode through the gap runs over the proven code at "
+                                              f"{dec.address(gap_end):#x}")
+        pos += n
+        if flow is Flow.JUMP or flow is Flow.STOP:
+            if outcome is not None:
+                break  # past the candidate, the stream ends cleanly at a transfer
+            after_transfer = True
+    if outcome is None:
+        return GapVerdict(None, None, "", "the gap decode never reached the candidate")
+    lo_s = min(starts) if starts else pos
+    for t, src in targets:
+        # Code branches to instruction starts: a target inside one of the stream's own
+        # instructions, or inside proven code or known data, says the stream is not code.
+        if lo_s <= t < pos and t not in starts:
+            return GapVerdict(None, None, "", f"the gap decode's branch at {dec.address(src):#x} targets "
+                                              f"{dec.address(t):#x}, inside one of its own instructions")
+        rt = t - s0
+        if (t < lo_s or t >= pos) and 0 <= rt < len(cmap.ilen) and cmap.known[rt] and not cmap.ilen[rt]:
+            return GapVerdict(None, None, "", f"the gap decode's branch at {dec.address(src):#x} targets "
+                                              f"{dec.address(t):#x}, inside proven code or data")
+    if outcome[0] is not None and outcome[0] == seg_first:
+        # Right after a transfer or data, the bytes tell a stub from a stub template kept in
+        # data no better than a coin: only proven evidence may start a stream with one.
+        return GapVerdict(None, None, "", f"the candidate is the first thing after "
+                                          f"{'data' if skipped else 'an unconditional transfer'} "
+                                          f"at {dec.address(seg_first):#x}: code or a template kept in code, "
+                                          f"the bytes cannot tell")
+    if pos > gap_end:
+        return GapVerdict(None, None, "", f"linear decode runs over the proven code at {dec.address(gap_end):#x}")
+    ev = f"linear decode through an unreached gap from {what}"
+    if skipped:
+        ev += f", skipping {skipped} bytes of fill, strings or addresses"
+    b, cov = outcome
+    return GapVerdict(b, cov, ev)
+
+
+def _never(pos: int) -> bool:
+    return False
+
+
+def _skip_data(cmap: CodeMap, pos: int, end: int) -> int:
+    """Past what cannot be code at ``pos``: zero and int3 fill, C strings, and runs of two or
+    more entries that are addresses in the region (tables kept in code)."""
+    data = cmap.dec._data  # noqa: SLF001
+    while pos < end:
+        m = _ZEROS.match(data, pos, end) or _INT3S.match(data, pos, end)
+        if m is None:
+            m = _CSTRING.match(data, pos, end)
+        if m is not None:
+            pos = m.end()
+            continue
+        q = _address_run(cmap, pos, end)
+        if q > pos:
+            pos = q
+            continue
+        break
+    return pos
+
+
+def _address_run(cmap: CodeMap, pos: int, end: int) -> int:
+    """The end of a run of two or more entries (dwords, or words in 16-bit code) at ``pos``
+    that are each an address in the region, or ``pos``."""
+    size = 4 if cmap.dec.bitness == 32 else 2
+    need = 2 if size == 4 else 3  # 16-bit code is full of small words: ask for more
+    data = cmap.dec._data  # noqa: SLF001
+    q = pos
+    while q + size <= end and cmap.dec.offset_of(int.from_bytes(data[q : q + size], "little")) is not None:
+        q += size
+    return q if q - pos >= need * size else pos
