@@ -51,6 +51,38 @@ _ALL_CODES = [getattr(_C, n) for n in dir(_C) if n.isupper()]
 _DATA_LIKE_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _DATA_LIKE_MNEMONICS)
 _STRING_IO_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _STRING_IO_MNEMONICS)
 _LOOK_TWICE = _DATA_LIKE_CODES | _STRING_IO_CODES | {_C.ADD_RM8_R8, _C.UD2}
+_SPECIAL = _LOOK_TWICE | {_C.INVALID}  # what CodeDecoder.walk leaves to step()
+
+
+def _walk_kinds() -> bytes:
+    """What CodeDecoder.walk does with each instruction code (one table lookup instead of two
+    property reads per instruction): 0 falls through, 1 needs step(), 2 conditional branch,
+    3 direct near call, 4 direct near jump, 5 no fall-through."""
+    kinds = bytearray(max(_ALL_CODES) + 1)
+    for c in _ALL_CODES:
+        if c in _SPECIAL:
+            kinds[c] = 1
+            continue
+        fc = _ix.Instruction.create(c).flow_control
+        name = _CODE_NAMES_EARLY.get(c, "")
+        if fc == _FC.NEXT or fc == _FC.INDIRECT_CALL:
+            k = 0
+        elif fc == _FC.CONDITIONAL_BRANCH:
+            k = 2
+        elif fc == _FC.CALL:
+            k = 3 if name.startswith("CALL_REL") else 0  # far calls, SYSENTER, VMCALL... return
+        elif fc == _FC.UNCONDITIONAL_BRANCH:
+            k = 4 if name.startswith("JMP_REL") else 5
+        elif fc == _FC.INTERRUPT and c == _C.INT_IMM8:
+            k = 0  # INT n returns (system calls); INT3 and INTO are traps
+        else:
+            k = 5
+        kinds[c] = k
+    return bytes(kinds)
+
+
+_CODE_NAMES_EARLY = {getattr(_C, n): n for n in dir(_C) if n.isupper()}
+_WALK_KIND = _walk_kinds()
 
 
 def _data_like(code: int, n: int, ins: _ix.Instruction, data: bytes, pos: int) -> bool:
@@ -59,8 +91,9 @@ def _data_like(code: int, n: int, ins: _ix.Instruction, data: bytes, pos: int) -
     zeros.) The hot loops call it only for codes in ``_LOOK_TWICE``."""
     return code in _DATA_LIKE_CODES or (code in _STRING_IO_CODES and not ins.has_rep_prefix) \
         or (n == 2 and data[pos] == 0 and data[pos + 1] == 0)
-# Why CodeDecoder.straight stopped.
-STRAIGHT_STEP, STRAIGHT_BUSY, STRAIGHT_SEEN, STRAIGHT_RELOC = 0, 1, 2, 3
+# Why CodeDecoder.walk stopped.
+WALK_MERGE, WALK_CONFLICT, WALK_BAD, WALK_RELOC, WALK_JUMP, WALK_STOP = 1, 2, 3, 4, 5, 6
+_ONES = [b"\x01" * i for i in range(16)]
 # Outcomes of CodeDecoder.sync_vote.
 SYNC_AT, SYNC_IN, SYNC_DEAD = 1, 2, 3
 _DEAD = (SYNC_DEAD, 0, 0)
@@ -192,17 +225,29 @@ class CodeDecoder:
             count += 1
         return pos, last, count
 
-    def straight(self, pos: int, busy: bytearray, scratch: bytearray, out: list[int],
-                 imm_first: frozenset[int] | None, imm_out: list[int], relocs: bytearray | None) -> tuple[int, int]:
-        """Code discovery's hot loop: decode plain fall-through instructions from ``pos``,
-        appending each start to ``out`` and marking it in ``scratch`` (one byte per region byte,
-        indexed from the region start), until something needs the full rules of :meth:`step`.
+    def walk(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, relocs: bytearray | None,
+             reloc_starts: bytearray | None, imm_first: frozenset[int] | None,
+             imm_out: list[int], calls: list[tuple[int, int]],
+             branches: list[int]) -> tuple[int, int, int, int | None]:
+        """Code discovery's hot loop: decode and mark instructions from ``pos`` while control
+        falls through, until something needs a decision. Maps are indexed from the region
+        start. ``stop[r]`` is nonzero where decoding must not simply go on: a byte a proven
+        instruction or known data covers, a relocated field, or past the region (the map
+        carries a sentinel there); ``ilen[r]`` marks proven starts. Each instruction decoded
+        gets ``ilen[r] = length | tag`` and ``stop[r:r+n]`` set (so one walk marks one contiguous
+        run of instructions, from ``pos`` to where it stops); direct call targets go to ``calls`` as (target, source) and conditional branch targets
+        to ``branches`` (targets outside the region are dropped); instructions whose first byte
+        is in ``imm_first`` go to ``imm_out``.
 
-        Stops *at* ``pos`` (returns ``(pos, why)``) when: ``busy[pos]`` or ``scratch[pos]`` is
-        set (``STRAIGHT_BUSY``, ``STRAIGHT_SEEN``), the instruction is not plain fall-through,
-        is invalid or may be data-like (``STRAIGHT_STEP``), or overlaps a relocated field
-        past its first byte (``STRAIGHT_RELOC``). Instructions whose first byte is in
-        ``imm_first`` are also appended to ``imm_out`` (their immediate may be a code address).
+        Returns ``(pos, status, length, target)``, the instruction at ``pos``:
+
+        * ``WALK_MERGE``: ``ilen`` already marks a start there (not decoded);
+        * ``WALK_CONFLICT``: inside proven code, known data or a relocated field (not decoded);
+        * ``WALK_BAD``: invalid, past the region, or the rules of :meth:`step` are needed
+          (data-like codes, UD2 forms); not marked;
+        * ``WALK_RELOC``: its bytes overlap relocated fields (``relocs``, first bytes in
+          ``reloc_starts``) other than exactly its 32-bit operand fields (not marked);
+        * ``WALK_JUMP`` (direct jump; ``target``) or ``WALK_STOP`` (no fall-through): marked.
         """
         d = self._dec
         ins = self._insn
@@ -210,28 +255,53 @@ class CodeDecoder:
         d.ip = pos + self._delta
         s0 = self._start
         end = self._end
+        delta = self._delta
         data = self._data
-        next_ = _FC.NEXT
-        look = _LOOK_TWICE
+        kinds = _WALK_KIND
+        ones = _ONES
         while True:
             r = pos - s0
-            if pos >= end:
-                return pos, STRAIGHT_STEP
-            if busy[r]:
-                return pos, STRAIGHT_BUSY
-            if scratch[r]:
-                return pos, STRAIGHT_SEEN
+            if stop[r]:
+                if pos >= end:
+                    return pos, WALK_BAD, 0, None
+                return pos, (WALK_MERGE if ilen[r] else WALK_CONFLICT), 0, None
             d.decode_out(ins)
             n = ins.len
-            if ins.flow_control != next_ or pos + n > end or ins.code in look:
+            k = kinds[ins.code]
+            if k == 1 or pos + n > end:
                 d.position = pos
-                return pos, STRAIGHT_STEP
-            if relocs is not None and relocs.find(1, r + 1, r + n) != -1:
-                return pos, STRAIGHT_RELOC
+                return pos, WALK_BAD, n, None
+            if relocs is not None and n > 1 and (relocs[r + 1] or relocs[r + n - 1]
+                                                 or (n > 6 and relocs.find(1, r + 2, r + n - 1) != -1)):
+                # Relocated bytes inside an instruction must be exactly its 32-bit operand
+                # fields (a misaligned decode almost never keeps them so).
+                co = d.get_constant_offsets(ins)
+                want = 0
+                if co.displacement_size == 4 and reloc_starts[r + co.displacement_offset]:
+                    want += 4
+                if co.immediate_size == 4 and reloc_starts[r + co.immediate_offset]:
+                    want += 4
+                if not want or relocs.count(1, r, r + n) != want:
+                    d.position = pos
+                    return pos, WALK_RELOC, n, None
+            ilen[r] = n | tag
+            stop[r : r + n] = ones[n]
             if imm_first is not None and data[pos] in imm_first:
                 imm_out.append(pos)
-            scratch[r] = n
-            out.append(pos)
+            if k:
+                if k == 2:
+                    t = ins.near_branch_target - delta
+                    if s0 <= t < end:
+                        branches.append(t)
+                elif k == 3:
+                    t = ins.near_branch_target - delta
+                    if s0 <= t < end:
+                        calls.append((t, pos))
+                elif k == 4:
+                    t = ins.near_branch_target - delta
+                    return pos, WALK_JUMP, n, t if s0 <= t < end else None
+                else:
+                    return pos, WALK_STOP, n, None
             pos += n
 
     def sync_vote(self, first: int, count: int, lo: int, hi: int) -> tuple[tuple[int, int, int] | None, int]:

@@ -315,12 +315,6 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
     sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
     end = region.end_offset
     unresolved: list[tuple[_cand.Hit, list[_cand.Match], int, Verdict]] = []
-    stub_starts = {m.start + m.shape.call_at for h in hits for m in h.matches
-                   if m.shape is not None and m.shape.bitness in (None, region.bitness)}
-
-    def stub_at(pos: int) -> bool:
-        """A stub shape's trapping far call starts at ``pos`` (gap decodes meet them)."""
-        return pos in stub_starts
     for hit in hits:
         inside = [m for m in hit.matches if m.start + m.length <= end]
         if hit.matches and not inside:
@@ -332,7 +326,7 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
             continue
         lo = inside[0].start if inside else hit.pos
         if cmap is not None:
-            verdict = _from_map(cmap, lo, hit.pos) or _from_gap(cmap, lo, hit.pos, stub_at)
+            verdict = _from_map(cmap, lo, hit.pos) or _from_gap(cmap, lo, hit.pos)
         else:
             verdict = sweep.prove(lo, hit.pos)
         if inside and verdict.boundary is None and verdict.covering is None and cmap is None:
@@ -372,9 +366,9 @@ def _code_map(image: Image, region: Region, dec: CodeDecoder, read_table: Callab
     return cmap.run([a for a in region.anchors if not a.strong], pointers)
 
 
-def _from_gap(cmap: CodeMap, lo: int, hi: int, stub_at: Callable[[int], bool]) -> Verdict:
+def _from_gap(cmap: CodeMap, lo: int, hi: int) -> Verdict:
     """Heuristic evidence for a candidate discovery did not reach (:func:`.discover.gap_verdict`)."""
-    g = gap_verdict(cmap, lo, hi, stub_at)
+    g = gap_verdict(cmap, lo, hi)
     if g.boundary is None and g.covering is None:
         return Verdict(None, None, False, "", f"{describe_gap(cmap, lo)}; {g.reason}")
     return Verdict(g.boundary, g.covering, False, g.evidence)

@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import bisect
 import re
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..decode import STRAIGHT_BUSY, STRAIGHT_SEEN, CodeDecoder, Flow
+from ..decode import WALK_CONFLICT, WALK_JUMP, WALK_MERGE, WALK_RELOC, WALK_STOP, CodeDecoder, Flow
 from ..image import Anchor
 
 FULL_LIMIT = 8 << 20  # regions up to this size are discovered whole (every RDOS binary is far smaller)
 STRONG = 3
 POINTER = 2
-TRIAL_LIMIT = 1 << 16  # instructions a trial descent may decode before it is cut short
+TRIAL_LIMIT = 1 << 18  # bytes a trial descent may decode before it is cut short
 MAX_TABLE = 1024
 TABLE_REACH = 1 << 16
 
@@ -59,6 +58,7 @@ _IMM_OPS = frozenset([0x68, 0xC7, *range(0xB8, 0xC0)])
 
 
 _ONES = [b"\x01" * i for i in range(32)]
+_SENTINEL = 16  # map bytes past the region: a walk stops there without a bounds check
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +69,24 @@ class Seed:
 
 
 class _Starts:
-    """Instruction starts a bounds check may begin at: this descent's and proven ones."""
+    """Instruction starts a bounds check may begin at: the ones decoded so far."""
 
-    __slots__ = ("a", "b", "s0")
+    __slots__ = ("ilen", "s0")
 
-    def __init__(self, a: bytearray, b: bytearray, s0: int) -> None:
-        self.a, self.b, self.s0 = a, b, s0
+    def __init__(self, ilen: bytearray, s0: int) -> None:
+        self.ilen, self.s0 = ilen, s0
 
     def __contains__(self, p: object) -> bool:
         assert isinstance(p, int)
         r = p - self.s0
-        return 0 <= r < len(self.a) and bool(self.a[r] or self.b[r])
+        return 0 <= r < len(self.ilen) and bool(self.ilen[r])
+
+
+def _why(dec: CodeDecoder, why: object) -> str:
+    """The evidence text of a pending start, formatted only when it becomes a seed."""
+    if isinstance(why, tuple) and why and why[0] == "call":
+        return f"call at {dec.address(why[1]):#x}"
+    return str(why)
 
 
 class Rejected(Exception):
@@ -89,10 +96,12 @@ class Rejected(Exception):
 class CodeMap:
     """The proven instruction starts of one code region.
 
-    ``ilen[i]`` is the length of the instruction starting at region offset ``i`` (0: none
-    proven there); ``level[i]`` its evidence level; ``seed_of[i]`` the index in ``seeds`` of the
-    seed whose descent proved it; ``data[i]`` is 1 for bytes known to be data (jump tables,
-    strings a pointer named). Offsets here are file offsets, like the rest of the scanner.
+    Maps are indexed by region offset: ``ilen[i]`` holds the length of the instruction proven to
+    start at ``i`` and its evidence level (``length | level << 4``; 0: none); ``stop[i]`` is 1
+    where a proven instruction, known data or a relocated field covers the byte; ``data[i]`` is
+    1 for jump tables.
+    The methods take and return file offsets, like the rest of the scanner. Which seed proved a
+    start is kept per descent and looked up only for the sites reported.
     """
 
     def __init__(self, dec: CodeDecoder, anchors: Sequence[Anchor], relocs: Sequence[int],
@@ -101,29 +110,35 @@ class CodeMap:
         self.start = dec.start
         self.end = dec.end
         n = self.end - self.start
-        self.ilen = bytearray(n)
-        self.level = bytearray(n)
-        self.busy = bytearray(n)  # 1 where a proven instruction covers the byte, or data, or a relocated field
-        self.known = bytearray(n)  # 1 where a proven instruction covers the byte, or known data
-        self.scratch = bytearray(n)  # the current descent's instruction lengths (cleared after it)
-        self.data = bytearray(n)
-        self.seed_of = array("i", bytes(4 * n))
+        # ilen[r]: at a proven instruction start, its length | level << 4 (0 elsewhere);
+        self.ilen = bytearray(n + _SENTINEL)
+        # stop: proven code, known data, relocated fields, and a sentinel past the end: where a
+        # walk must not simply go on.
+        self.stop = bytearray(n) + b"\x01" * _SENTINEL
+        self.data = bytearray(n)  # known data (jump tables)
         self.seeds: list[Seed] = []
+        # Runs of fall-through instructions ("blocks") are disjoint: the seed that proved an
+        # instruction is the seed of the nearest block start at or before it.
+        self.bstart = bytearray(n)
+        self.block_seed: dict[int, int] = {}
         self.read_table = read_table
         self.immediates = immediates
         self.decoded = 0
         # Relocated fields (file offsets of their first byte) inside this region, and a byte map.
         self.relocs = [r for r in relocs if self.start <= r < self.end]
-        self.reloc_map = bytearray(n)
+        self.reloc_map = bytearray(n + _SENTINEL)
+        self.reloc_starts = bytearray(n + _SENTINEL)
         for r in self.relocs:
+            self.reloc_starts[r - self.start] = 1
             a = r - self.start
             self.reloc_map[a : a + 4] = b"\x01\x01\x01\x01"[: n - a]
-        self.busy[:] = self.reloc_map
+            self.stop[a : a + 4] = b"\x01\x01\x01\x01"[: n - a]
         # First bytes of instructions whose immediate may be a code address (no relocations).
         self._imm_first = (_IMM_OPS | {0x66}) if immediates else None
         self.tables: list[tuple[int, int, str]] = []  # (start, end, why): jump tables found
+        self.gaps: dict[tuple[int, int], _GapStream] = {}  # linear decodes of unreached gaps
         self._imm_candidates: dict[int, str] = {}
-        self._pending: list[tuple[int, int, str]] = []  # (offset, level, why) worklist
+        self._pending: list[tuple[int, int, object]] = []  # (offset, level, why) worklist
         self._probes: list[tuple[int, str]] = []  # entries of unbounded tables: each needs a trial
         self._seed_strong(anchors)
 
@@ -156,27 +171,22 @@ class CodeMap:
                 self._drain()
         return self
 
+    def level_of(self, r: int) -> int:
+        return self.ilen[r] >> 4
+
     def _drain(self) -> None:
-        """Commit descents from pending proven starts (no trial: they are proven already)."""
+        """Descend from pending starts (targets of proven code: a trial only below STRONG)."""
         while self._pending:
             off, level, why = self._pending.pop()
             rel = off - self.start
-            if self.ilen[rel] and self.level[rel] >= level:
+            v = self.ilen[rel]
+            if v and v >> 4 >= level:
                 continue
-            if self.busy[rel] and not self.ilen[rel]:
-                continue  # inside a proven instruction, data or a relocated field: contradicts what is proven
-            self.seeds.append(Seed(off, level, why))
-            mark = len(self._probes)
-            try:
-                # Only a strong chain is trusted without a trial: a call found in code reached by
-                # a coincidental immediate may itself be garbage.
-                insns, targets, tables = self._descend(off, level, trial=level < STRONG)
-            except Rejected:
-                self.seeds.pop()
-                del self._probes[mark:]
-                continue
-            self._commit(insns, targets, tables, level, len(self.seeds) - 1)
-            self._run_probes(level)
+            if not v and self.stop[rel]:
+                continue  # inside a proven instruction or known data: contradicts what is proven
+            # Only a strong chain is trusted without a trial: a call found in code reached by
+            # a coincidental immediate may itself be garbage.
+            self._attempt(off, level, why, trial=level < STRONG)
 
     def _run_probes(self, level: int) -> None:
         while self._probes:
@@ -185,137 +195,159 @@ class CodeMap:
 
     def _try_pointer(self, off: int, level: int, why: str) -> None:
         rel = off - self.start
-        if self.ilen[rel] or self.busy[rel]:
+        if self.ilen[rel] or self.stop[rel]:
             return  # already proven (or contradicted by proven code, known data, a relocated field)
         m = _CSTRING.match(self.dec._data, off, min(self.end, off + 256))  # noqa: SLF001
         if m is not None:
             return  # a string kept in code
-        if level < STRONG and gap_verdict(self, off, off, _never).covering is not None:
+        if level < STRONG and gap_verdict(self, off, off).covering is not None:
             # An unrelocated immediate may equal a code offset by coincidence: the code around
             # it, decoded from where proven code ends, must not put an instruction across it.
             return
+        self._attempt(off, level, why, trial=True)
+
+    def _attempt(self, off: int, level: int, why: object, trial: bool) -> None:
+        """One descent from ``off``; a failed trial leaves no trace."""
         mark = len(self._probes)
+        spans: list[tuple[int, int]] = []
         try:
-            insns, targets, tables = self._descend(off, level, trial=True)
+            targets, tables = self._descend(off, level, trial, spans)
         except Rejected:
+            s0 = self.start
+            for a, e in spans:  # undo: the runs this trial marked
+                self.ilen[a - s0 : e - s0] = bytes(e - a)
+                self.stop[a - s0 : e - s0] = self.reloc_map[a - s0 : e - s0]
             del self._probes[mark:]
             return
-        self.seeds.append(Seed(off, level, why))
-        self._commit(insns, targets, tables, level, len(self.seeds) - 1)
+        seed = len(self.seeds)
+        self.seeds.append(Seed(off, level, why if isinstance(why, str) else _why(self.dec, why)))
+        s0 = self.start
+        for a, _ in spans:
+            self.bstart[a - s0] = 1
+            self.block_seed[a] = seed
+        for t0, t1, twhy in tables:
+            self.data[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
+            self.stop[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
+            self.tables.append((t0, t1, twhy))
+        for t, src in targets:
+            self._pending.append((t, level, ("call", src)))
         self._run_probes(level)
 
-    def _commit(self, insns: list[tuple[int, int]], targets: list[tuple[int, str]],
-                tables: list[tuple[int, int, str]], level: int, seed: int) -> None:
-        s0 = self.start
-        for p, n in insns:
-            r = p - s0
-            if self.ilen[r] and self.level[r] >= level:
-                continue
-            self.ilen[r] = n
-            self.level[r] = level
-            self.seed_of[r] = seed
-            self.busy[r : r + n] = _ONES[n]
-            self.known[r : r + n] = _ONES[n]
-        for t0, t1, why in tables:
-            self.data[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
-            self.busy[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
-            self.known[t0 - s0 : t1 - s0] = b"\x01" * (t1 - t0)
-            self.tables.append((t0, t1, why))
-        for t, why in targets:
-            self._pending.append((t, level, why))
-
-    def _descend(self, off: int, level: int, trial: bool) -> tuple[list[tuple[int, int]], list[tuple[int, str]],
-                                                                    list[tuple[int, int, str]]]:
-        """Decode the code reachable from ``off`` by fall-through and branches (the function it
-        starts, in this region), up to proven code. Call targets come back as ``targets`` (the
-        caller descends from them later, at the same level); bounded jump tables are followed
-        here, unbounded ones leave their entries to be confirmed one by one. A ``trial`` raises
-        :class:`Rejected` on anything that cannot be code; a proven descent just stops there."""
+    def _descend(self, off: int, level: int, trial: bool,
+                 spans: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int, str]]]:
+        """Decode and mark the code reachable from ``off`` by fall-through and branches (the
+        function it starts), up to proven code; the contiguous runs it marks go to ``spans``
+        (so a failed trial can be undone, and so each run knows its seed). Returns the direct
+        call targets (descended later, at the same level, as (target, source)) and the jump
+        tables read. Bounded jump tables are followed here, unbounded ones leave their entries
+        to be confirmed one by one. A ``trial`` raises :class:`Rejected` on anything that
+        cannot be code; a proven descent just stops there."""
         dec = self.dec
         s0 = self.start
-        ilen, busy, scratch = self.ilen, self.busy, self.scratch
-        out: list[int] = []
+        ilen, stop = self.ilen, self.stop
+        tag = level << 4
         imm_out: list[int] = []
-        targets: list[tuple[int, str]] = []
+        calls: list[tuple[int, int]] = []
         tables: list[tuple[int, int, str]] = []
         rmap = self.reloc_map if self.relocs else None
+        rstarts = self.reloc_starts if self.relocs else None
         imm_first = self._imm_first
         work = [off]
-        try:
-            while work:
-                pos = work.pop()
-                while True:
-                    pos, why = dec.straight(pos, busy, scratch, out, imm_first, imm_out, rmap)
-                    self.decoded += 1
-                    r = pos - s0
-                    if why == STRAIGHT_SEEN:
-                        break
-                    if why == STRAIGHT_BUSY:
-                        if ilen[r] and self.level[r] >= level:
-                            break  # merged into proven code
-                        if not ilen[r]:
-                            if trial:
-                                raise Rejected("decodes into " + ("data" if self.data[r] else "a relocated field"
-                                                                  if self.reloc_map[r] else "proven code"))
-                            break
-                        # a start proven at a lower level: this chain upgrades it (decode on)
-                    if pos >= self.end:
-                        if trial:
-                            raise Rejected("runs off the region")
-                        break
-                    n, flow, tgt, data_like = dec.step(pos)
-                    if n == 0 or (data_like and (trial or level < STRONG)):
-                        if trial:
-                            raise Rejected("invalid or data-like instruction")
-                        break
-                    if rmap is not None and rmap.find(1, r + 1, r + n) != -1 and not self._relocs_fit(pos, n):
-                        # Relocated bytes inside an instruction must be exactly an operand field.
-                        if trial:
-                            raise Rejected("an instruction splits a relocated field")
-                        break
-                    scratch[r] = n
-                    out.append(pos)
-                    if imm_first is not None and dec._data[pos] in imm_first:  # noqa: SLF001
-                        imm_out.append(pos)
-                    if trial and len(out) > TRIAL_LIMIT:
-                        raise Rejected("too long to confirm")
-                    if tgt is not None:
-                        if flow is Flow.CALL:
-                            targets.append((tgt, f"call at {dec.address(pos):#x}"))
-                        elif flow is Flow.COND or flow is Flow.JUMP:
+        walk = dec.walk
+        marked = 0
+        while work:
+            pos = work.pop()
+            while True:
+                at = pos
+                pos, st, n, tgt = walk(pos, ilen, stop, tag, rmap, rstarts, imm_first, imm_out, calls, work)
+                self.decoded += 1
+                r = pos - s0
+                if st == WALK_JUMP or st == WALK_STOP:
+                    spans.append((at, pos + n))
+                    marked += pos + n - at
+                    if st == WALK_JUMP:
+                        if tgt is not None:
                             work.append(tgt)  # same function: part of this descent (and its trial)
-                    if flow is Flow.JUMP:
                         break
-                    if flow is Flow.STOP:
-                        tab = self._jump_table(pos, _Starts(scratch, ilen, s0))
-                        if tab is not None:
-                            t0, t1, entries, why_t, bounded = tab
-                            if t0 is not None:
-                                if trial and any(scratch[q - s0] for q in range(t0, t1)):
-                                    raise Rejected("a jump table overlaps its own code")
-                                tables.append((t0, t1, why_t))
-                            if bounded:
-                                work.extend(entries)
-                            else:
-                                # The table's extent is a guess: each entry must confirm itself.
-                                self._probes.extend((e, why_t) for e in entries)
+                    tab = self._jump_table(pos, _Starts(ilen, s0))
+                    if tab is not None:
+                        t0, t1, entries, why_t, bounded = tab
+                        if t0 is not None:
+                            if trial and any(ilen[q - s0] for q in range(max(t0, s0), min(t1, self.end))):
+                                raise Rejected("a jump table overlaps its own code")
+                            tables.append((t0, t1, why_t))
+                        if bounded:
+                            work.extend(entries)
+                        else:
+                            # The table's extent is a guess: each entry must confirm itself.
+                            self._probes.extend((e, why_t) for e in entries)
+                    break
+                if pos > at:
+                    spans.append((at, pos))
+                    marked += pos - at
+                if st == WALK_MERGE:
+                    v = ilen[r]
+                    if v >> 4 >= level or trial:
+                        break  # merged into proven code (a trial never rewrites what it meets)
+                    # A start proven at a lower level: this strong chain upgrades it.
+                    ilen[r] = (v & 15) | tag
+                    n = v & 15
+                    nn, flow, t2, _ = dec.step(pos)
+                    if flow is Flow.JUMP or flow is Flow.STOP:
+                        if t2 is not None and flow is Flow.JUMP:
+                            work.append(t2)
                         break
+                    if t2 is not None:
+                        (calls.append((t2, pos)) if flow is Flow.CALL else work.append(t2))
                     pos += n
-            insns = [(p, scratch[p - s0]) for p in out]
-            if trial:
-                # The trial's own instructions must not overlap one another either.
-                last_end = -1
-                for p, n in sorted(insns):
-                    if p < last_end:
-                        raise Rejected("overlapping instructions")
-                    last_end = p + n
-        finally:
-            for p in out:
-                scratch[p - s0] = 0
+                    continue
+                if st == WALK_CONFLICT:
+                    if trial:
+                        raise Rejected("decodes into " + ("data" if self.data[r] else "a relocated field"
+                                                          if self.reloc_map[r] else "proven code"))
+                    break
+                if st == WALK_RELOC:
+                    if trial:
+                        raise Rejected("an instruction splits a relocated field")
+                    break
+                # WALK_BAD: the instruction needs the full rules of step().
+                if pos >= self.end:
+                    if trial:
+                        raise Rejected("runs off the region")
+                    break
+                n, flow, t2, data_like = dec.step(pos)
+                if n == 0 or (data_like and (trial or level < STRONG)):
+                    if trial:
+                        raise Rejected("invalid or data-like instruction")
+                    break
+                ilen[r] = n | tag
+                stop[r : r + n] = _ONES[n]
+                spans.append((pos, pos + n))
+                marked += n
+                if imm_first is not None and dec._data[pos] in imm_first:  # noqa: SLF001
+                    imm_out.append(pos)
+                if t2 is not None:
+                    if flow is Flow.CALL:
+                        calls.append((t2, pos))
+                    elif flow is Flow.COND or flow is Flow.JUMP:
+                        work.append(t2)
+                if flow is Flow.JUMP:
+                    break
+                if flow is Flow.STOP:
+                    tab = self._jump_table(pos, _Starts(ilen, s0))
+                    if tab is not None:
+                        t0, t1, entries, why_t, bounded = tab
+                        if t0 is not None:
+                            tables.append((t0, t1, why_t))
+                        (work.extend(entries) if bounded else self._probes.extend((e, why_t) for e in entries))
+                    break
+                pos += n
+            if trial and marked > TRIAL_LIMIT:
+                raise Rejected("too long to confirm")
         if imm_first is not None:
             for p in imm_out:
                 self._immediate(p)
-        return insns, targets, tables
+        return calls, tables
 
     def _relocs_fit(self, pos: int, n: int) -> bool:
         """Every relocated field overlapping the instruction at ``pos`` is one of its 32-bit
@@ -384,31 +416,50 @@ class CodeMap:
 
     def start_in(self, lo: int, hi: int) -> int | None:
         """The first proven instruction start in ``[lo, hi]``."""
-        r = self.ilen
-        for p in range(lo, hi + 1):
-            if self.start <= p < self.end and r[p - self.start]:
+        s0, e = self.start, self.end
+        for p in range(max(lo, s0), min(hi + 1, e)):
+            if self.ilen[p - s0]:
                 return p
         return None
 
     def covering(self, lo: int) -> tuple[int, int] | None:
         """(start, length) of a proven instruction that starts before ``lo`` and covers it."""
         s0 = self.start
-        if not (s0 <= lo < self.end) or not self.busy[lo - s0]:
+        if not (s0 <= lo < self.end) or not self.stop[lo - s0]:
             return None
         p = lo - 1
         while p >= s0 and p > lo - 16:
-            n = self.ilen[p - s0]
+            n = self.ilen[p - s0] & 15
             if n:
                 return (p, n) if p + n > lo else None
             p -= 1
         return None
 
     def evidence(self, p: int) -> str:
-        seed = self.seeds[self.seed_of[p - self.start]]
+        b = self.bstart.rfind(1, 0, p - self.start + 1) + self.start
+        seed = self.seeds[self.block_seed[b]]
         return f"decoded from {self.dec.address(seed.offset):#x} ({seed.why})"
 
+    def known_before(self, r: int, floor: int = 0) -> int:
+        """The last region offset before ``r`` (and at or after ``floor``) that proven code or
+        known data covers, or -1 (relocated fields in code nothing proved do not count)."""
+        stop, rmap, s0 = self.stop, self.reloc_map, self.start
+        x = stop.rfind(1, floor, r)
+        while x != -1 and rmap[x] and not self.ilen[x] and self.covering(s0 + x) is None:
+            x = stop.rfind(1, floor, x)
+        return x
+
+    def known_after(self, r: int) -> int:
+        """The first region offset at or after ``r`` that proven code or known data covers, or -1."""
+        stop, rmap, s0 = self.stop, self.reloc_map, self.start
+        n = self.end - s0
+        x = stop.find(1, r, n)
+        while x != -1 and rmap[x] and not self.ilen[x] and self.covering(s0 + x) is None:
+            x = stop.find(1, x + 1, n)
+        return x
+
     def level_at(self, p: int) -> int:
-        return self.level[p - self.start]
+        return self.ilen[p - self.start] >> 4
 
     def in_table(self, p: int) -> tuple[int, int, str] | None:
         if not self.data[p - self.start]:
@@ -417,11 +468,6 @@ class CodeMap:
             if t[0] <= p < t[1]:
                 return t
         return None
-
-    def relocated(self, lo: int, hi: int) -> bool:
-        """Any byte of ``[lo, hi)`` inside a relocated field."""
-        a, b = max(lo, self.start) - self.start, min(hi, self.end) - self.start
-        return a < b and 1 in self.reloc_map[a:b]
 
 
 def relocated_pointers(image_data: bytes, relocs: Sequence[int], regions: Sequence[tuple[int, int, int]],
@@ -451,8 +497,8 @@ def describe_gap(cmap: CodeMap, lo: int) -> str:
     """Why discovery did not reach ``lo``: the proven code around the gap that holds it."""
     s0 = cmap.start
     r = lo - s0
-    before = cmap.known.rfind(b"\x01", 0, r)
-    after = cmap.known.find(b"\x01", r)
+    before = cmap.known_before(r)
+    after = cmap.known_after(r)
     addr = cmap.dec.address
     if before < 0:
         left = f"no proven code before it (region start {addr(s0):#x})"
@@ -484,115 +530,159 @@ class GapVerdict:
     reason: str = ""
 
 
-def gap_verdict(cmap: CodeMap, lo: int, hi: int, is_stub_at: Callable[[int], bool]) -> GapVerdict:
-    """Decode linearly through the unreached gap holding ``[lo, hi]``, the way functions follow
-    one another in compiled code: from where proven code (or known data) ends, skipping what
-    is certainly not code (zero fill, ``int3`` fill, C strings, runs of code addresses), on
-    through returns and jumps (the next function follows), until the candidate.
+@dataclass
+class _Segment:
+    """A run of the gap stream: from a resync point (the gap start, after a transfer, after
+    skipped data) to its end: a transfer (``clean``), the gap's end, or a failure (``why``)."""
 
-    Heuristic evidence (``likely``), and only accepted when the stream meets no invalid or
-    data-like instruction, no far call to a never-valid selector that is not a stub
-    (``is_stub_at`` says which are), no relocated field off an operand, and, past the
-    candidate, runs on cleanly to a transfer or lands exactly on the proven code that ends the
-    gap."""
-    dec = cmap.dec
+    first: int
+    starts: list[int]
+    lengths: list[int]
+    end: int = 0
+    clean: bool = False
+    why: str = ""
+    skipped_before: int = 0
+    bad_target: str = ""
+
+
+class _GapStream:
+    """The linear decode of one gap ``[g0, gap_end)``, done once for every candidate in it."""
+
+    def __init__(self, cmap: CodeMap, g0: int, gap_end: int) -> None:
+        dec = cmap.dec
+        s0 = cmap.start
+        self.g0, self.gap_end = g0, gap_end
+        self.segments: list[_Segment] = []
+        self.dead = ""  # why the stream stopped for good (before gap_end)
+        self.dead_at = gap_end
+        pos = g0
+        skipped = 0
+        targets: list[tuple[int, int, _Segment]] = []
+        while pos < gap_end:
+            q = _skip_data(cmap, pos, gap_end)
+            skipped += q - pos
+            pos = q
+            if pos >= gap_end:
+                break
+            seg = _Segment(pos, [], [], skipped_before=skipped)
+            self.segments.append(seg)
+            while True:
+                if pos >= gap_end:
+                    seg.end = pos
+                    seg.clean = pos == gap_end
+                    break
+                n, flow, tgt, data_like = dec.step(pos)
+                why = ""
+                if n == 0:
+                    why = f"invalid instruction at {dec.address(pos):#x}"
+                elif data_like:
+                    why = f"data-like '{dec.text(pos)}' at {dec.address(pos):#x}"
+                elif cmap.relocs and cmap.reloc_map.find(1, pos - s0 + 1, pos - s0 + n) != -1 \
+                        and not cmap._relocs_fit(pos, n):  # noqa: SLF001
+                    why = f"'{dec.text(pos)}' at {dec.address(pos):#x} splits a relocated field"
+                elif pos + n > gap_end:
+                    why = f"'{dec.text(pos)}' at {dec.address(pos):#x} runs over the proven code at {dec.address(gap_end):#x}"
+                if why:
+                    seg.end = pos
+                    seg.why = why
+                    break
+                seg.starts.append(pos)
+                seg.lengths.append(n)
+                if tgt is not None:
+                    targets.append((tgt, pos, seg))
+                pos += n
+                if flow is Flow.JUMP or flow is Flow.STOP:
+                    seg.end = pos
+                    seg.clean = True
+                    break
+            if seg.why:
+                # Data in the gap (a table of constants, zero fill): start again after it, but
+                # only where what the decode met is certainly data, never at an arbitrary byte.
+                q = _skip_data(cmap, pos, gap_end)
+                if q == pos:
+                    self.dead, self.dead_at = seg.why, pos
+                    break
+        starts = {p for sg in self.segments for p in sg.starts}
+        for t, src, seg in targets:
+            # Code branches to instruction starts: a target inside one of the stream's own
+            # instructions, or inside proven code or known data, says the stream is not code.
+            if seg.bad_target:
+                continue
+            if g0 <= t < self.dead_at and t not in starts:
+                seg.bad_target = (f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, "
+                                  f"not an instruction start of the decode")
+                continue
+            rt = t - s0
+            if not g0 <= t < gap_end and 0 <= rt < cmap.end - s0 and cmap.stop[rt] and not cmap.ilen[rt] \
+                    and not (cmap.reloc_map[rt] and cmap.covering(t) is None):
+                seg.bad_target = f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, inside proven code or data"
+
+    def verdict(self, cmap: CodeMap, lo: int, hi: int) -> GapVerdict:
+        dec = cmap.dec
+        what = "the region start" if self.g0 == cmap.start else f"proven code or data ending at {dec.address(self.g0):#x}"
+        seg = None
+        for sg in self.segments:
+            if sg.first <= lo < max(sg.end, sg.first + 1):
+                seg = sg
+                break
+            if sg.first > lo:
+                break
+        if seg is None:
+            if lo >= self.dead_at:
+                return GapVerdict(None, None, "", f"linear decode through the gap from {what}: {self.dead}")
+            return GapVerdict(None, None, "", "the candidate lies in data (zeros, fill, strings or addresses) "
+                                              f"in the gap after {what}")
+        i = bisect.bisect_left(seg.starts, lo)
+        if i < len(seg.starts) and seg.starts[i] <= hi:
+            p, n = seg.starts[i], seg.lengths[i]  # the first instruction starting in the span
+            outcome_b: int | None = p
+        else:
+            i -= 1  # the instruction covering lo, if any
+            if i < 0 or seg.starts[i] + seg.lengths[i] <= lo:
+                return GapVerdict(None, None, "", f"linear decode through the gap from {what}: "
+                                                  f"{seg.why or 'ends before it'}")
+            p, n = seg.starts[i], seg.lengths[i]
+            outcome_b = None
+        if seg.why:
+            return GapVerdict(None, None, "", f"linear decode through the gap from {what} reaches the candidate, "
+                                              f"then meets {seg.why}")
+        if seg.bad_target:
+            return GapVerdict(None, None, "", f"the gap decode from {what} is not code: {seg.bad_target}")
+        if outcome_b is not None and outcome_b == seg.first:
+            # Right after a transfer or data, the bytes tell a stub from a stub template kept in
+            # data no better than a coin: only proven evidence may start a stream with one.
+            return GapVerdict(None, None, "", f"the candidate is the first thing after "
+                                              f"{'data' if seg.skipped_before else 'an unconditional transfer'} "
+                                              f"at {dec.address(seg.first):#x}: code or a template kept in code, "
+                                              f"the bytes cannot tell")
+        ev = f"linear decode through an unreached gap from {what}"
+        if seg.skipped_before:
+            ev += f", skipping {seg.skipped_before} bytes of fill, strings or addresses"
+        return GapVerdict(outcome_b, None if outcome_b is not None else (p, n), ev)
+
+
+def gap_verdict(cmap: CodeMap, lo: int, hi: int) -> GapVerdict:
+    """Decode linearly through the unreached gap holding ``[lo, hi]``, the way functions follow
+    one another in compiled code: from where proven code (or known data) ends, skipping what is
+    certainly not code (zero fill, ``int3`` fill, C strings, runs of code addresses), on through
+    returns and jumps (the next function follows), starting again after data the decode meets.
+
+    Heuristic evidence (``likely``), accepted only when the candidate's run of the decode meets
+    no invalid or data-like instruction and no relocated field off an operand, branches only to
+    instruction starts, ends cleanly (at a transfer or exactly where proven code resumes), and
+    does not begin with the candidate. One decode per gap serves every candidate in it."""
     s0 = cmap.start
     r = lo - s0
-    g0 = cmap.known.rfind(b"\x01", max(0, r - GAP_LIMIT), r) + 1
-    if g0 == 0 and cmap.known.rfind(b"\x01", 0, r) != -1:
+    g0 = cmap.known_before(r, max(0, r - GAP_LIMIT)) + 1
+    if g0 == 0 and r > GAP_LIMIT and cmap.known_before(r) != -1:
         return GapVerdict(None, None, "", f"no proven code within {GAP_LIMIT} bytes before it")
-    g1 = cmap.known.find(b"\x01", r)
+    g1 = cmap.known_after(r)
     gap_end = cmap.end if g1 == -1 else s0 + g1
-    pos = s0 + g0
-    what = "region start" if g0 == 0 else f"proven code or data ending at {dec.address(pos):#x}"
-    skipped = 0
-    prev = None  # (start, length) of the last instruction of the stream
-    outcome: tuple[int | None, tuple[int, int] | None] | None = None
-    after_transfer = True  # data may follow only where the last instruction does not fall through
-    seg_first = pos  # the first instruction after a transfer or skipped data
-    starts: set[int] = set()  # instruction starts of the stream
-    targets: list[tuple[int, int]] = []  # (direct branch target, source) of the stream
-    while True:
-        if after_transfer:
-            after_transfer = False
-            q = _skip_data(cmap, pos, gap_end)
-            if q != pos:
-                skipped += q - pos
-                pos = q
-                prev = None
-            seg_first = pos
-        if outcome is None and pos > hi:
-            if prev is None:
-                return GapVerdict(None, None, "", f"the candidate lies in data before {dec.address(pos):#x} "
-                                                  f"(zeros, fill, strings or addresses)")
-        if pos >= gap_end:
-            break
-        if outcome is None and pos >= lo:
-            outcome = (pos, None) if pos <= hi else (None, prev)
-        n, flow, tgt, data_like = dec.step(pos)
-        if outcome is None and n and pos < lo < pos + n and pos + n > hi:
-            outcome = (None, (pos, n))
-        why = ""
-        if n == 0:
-            why = f"invalid instruction at {dec.address(pos):#x}"
-        elif data_like:
-            why = f"data-like '{dec.text(pos)}' at {dec.address(pos):#x}"
-        elif cmap.relocs and cmap.reloc_map.find(1, pos - s0 + 1, pos - s0 + n) != -1 and not cmap._relocs_fit(pos, n):
-            why = f"'{dec.text(pos)}' at {dec.address(pos):#x} splits a relocated field"
-        if why and outcome is None and n != 1 and _skip_data(cmap, pos, gap_end) > pos:
-            # Data in the gap (a table of constants, zero fill): start again after it, but only
-            # where what the decode met is certainly data, never at an arbitrary next byte.
-            after_transfer = True
-            prev = None
-            continue
-        if why:
-            if outcome is None:
-                return GapVerdict(None, None, "", f"linear decode through the gap from {what}: {why}")
-            return GapVerdict(None, None, "", f"linear decode through the gap from {what} reaches the candidate, "
-                                              f"then meets {why}")
-        prev = (pos, n)
-        starts.add(pos)
-        if tgt is not None:
-            targets.append((tgt, pos))
-        if pos + n > gap_end:
-            return GapVerdict(None, None, "", f"linear decode through the gap runs over the proven code at "
-                                              f"{dec.address(gap_end):#x}")
-        pos += n
-        if flow is Flow.JUMP or flow is Flow.STOP:
-            if outcome is not None:
-                break  # past the candidate, the stream ends cleanly at a transfer
-            after_transfer = True
-    if outcome is None:
-        return GapVerdict(None, None, "", "the gap decode never reached the candidate")
-    lo_s = min(starts) if starts else pos
-    for t, src in targets:
-        # Code branches to instruction starts: a target inside one of the stream's own
-        # instructions, or inside proven code or known data, says the stream is not code.
-        if lo_s <= t < pos and t not in starts:
-            return GapVerdict(None, None, "", f"the gap decode's branch at {dec.address(src):#x} targets "
-                                              f"{dec.address(t):#x}, inside one of its own instructions")
-        rt = t - s0
-        if (t < lo_s or t >= pos) and 0 <= rt < len(cmap.ilen) and cmap.known[rt] and not cmap.ilen[rt]:
-            return GapVerdict(None, None, "", f"the gap decode's branch at {dec.address(src):#x} targets "
-                                              f"{dec.address(t):#x}, inside proven code or data")
-    if outcome[0] is not None and outcome[0] == seg_first:
-        # Right after a transfer or data, the bytes tell a stub from a stub template kept in
-        # data no better than a coin: only proven evidence may start a stream with one.
-        return GapVerdict(None, None, "", f"the candidate is the first thing after "
-                                          f"{'data' if skipped else 'an unconditional transfer'} "
-                                          f"at {dec.address(seg_first):#x}: code or a template kept in code, "
-                                          f"the bytes cannot tell")
-    if pos > gap_end:
-        return GapVerdict(None, None, "", f"linear decode runs over the proven code at {dec.address(gap_end):#x}")
-    ev = f"linear decode through an unreached gap from {what}"
-    if skipped:
-        ev += f", skipping {skipped} bytes of fill, strings or addresses"
-    b, cov = outcome
-    return GapVerdict(b, cov, ev)
-
-
-def _never(pos: int) -> bool:
-    return False
+    key = (s0 + g0, gap_end)
+    stream = cmap.gaps.get(key)
+    if stream is None:
+        stream = cmap.gaps[key] = _GapStream(cmap, s0 + g0, gap_end)
+    return stream.verdict(cmap, lo, hi)
 
 
 def _skip_data(cmap: CodeMap, pos: int, end: int) -> int:
