@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 from array import array
 
 import pefile
@@ -181,7 +182,8 @@ def _relocations(pe: pefile.PE, data: bytes, img: Image) -> array:
         return out
     end = min(len(data), off + size)
     base = pe.OPTIONAL_HEADER.ImageBase
-    other: set[int] = set()
+    found: list[int] = []
+    kinds: set[int] = set()
     pos = off
     while pos + 8 <= end:
         page, block = struct.unpack_from("<II", data, pos)
@@ -189,18 +191,25 @@ def _relocations(pe: pefile.PE, data: bytes, img: Image) -> array:
             if block != 0:
                 img.warnings.append(f"base relocation block at {pos:#x} has a bad size {block}: the rest is ignored")
             break
-        entries = struct.unpack_from(f"<{(block - 8) // 2}H", data, pos + 8)
-        for e in entries:
-            kind = e >> 12
-            if kind == _IMAGE_REL_BASED_HIGHLOW:
-                out.append((base + page + (e & 0xFFF)) & 0xFFFFFFFF)
-            elif kind != _IMAGE_REL_BASED_ABSOLUTE:
-                other.add(kind)
+        entries = array("H")
+        entries.frombytes(data[pos + 8 : pos + 8 + ((block - 8) & ~1)])
+        if sys.byteorder != "little":
+            entries.byteswap()
+        at = base + page
+        had = len(found)
+        if at + 0xFFF > 0xFFFFFFFF:  # hostile: addresses wrap
+            found.extend((at + (e & 0xFFF)) & 0xFFFFFFFF for e in entries if e >> 12 == _IMAGE_REL_BASED_HIGHLOW)
+        else:
+            found.extend([at + (e & 0xFFF) for e in entries if e >> 12 == _IMAGE_REL_BASED_HIGHLOW])
+        if len(found) - had + entries.count(0) != len(entries):
+            # Something other than HIGHLOW and zero padding: say which kinds (rare, so only then).
+            kinds.update({e >> 12 for e in entries} - {_IMAGE_REL_BASED_HIGHLOW, _IMAGE_REL_BASED_ABSOLUTE})
         pos += block
-    if other:
-        img.warnings.append("base relocations of types " + ", ".join(map(str, sorted(other)))
+    if kinds:
+        img.warnings.append("base relocations of types " + ", ".join(map(str, sorted(kinds)))
                             + " are not HIGHLOW: not used as code-pointer evidence")
-    return array("I", sorted(set(out)))
+    found.sort()
+    return array("I", found)
 
 
 def _exports(pe: pefile.PE, img: Image) -> list[tuple[int, str]]:
