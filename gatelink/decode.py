@@ -468,6 +468,23 @@ class CodeDecoder:
             pos += ins.len
         return pos == offset
 
+    def trap_call(self, offset: int) -> tuple[int, int, int | None]:
+        """The instruction at ``offset`` as a stub's trapping instruction: (length, kind,
+        selector) where kind is 1 for a far call with an immediate pointer (``selector`` its
+        selector), 2 for ``UD2``, 0 for anything else (length 0: invalid or past the region)."""
+        d = self._dec
+        d.position = offset
+        d.ip = offset + self._delta
+        ins = self._insn
+        d.decode_out(ins)
+        n = ins.len
+        if ins.is_invalid or offset + n > self._end:
+            return 0, 0, None
+        code = ins.code
+        if code == _C.CALL_PTR1632 or code == _C.CALL_PTR1616:
+            return n, 1, ins.far_branch_selector
+        return n, (2 if code == _C.UD2 else 0), None
+
     def operand_spans(self, offset: int) -> tuple[tuple[int, int], ...]:
         """(offset within the instruction, size) of its immediate and displacement fields."""
         d = self._dec

@@ -456,13 +456,13 @@ def _classify(
         # The linker relocates addresses: an operand or data, never a gate number or selector.
         near(b, RELOCATED_BYTES, shape.id, "a base relocation covers bytes of the stub")
         return
-    if not _decodes_as_stub(image.data, b, shape, bits, region, m):
+    if not _decodes_as_stub(dec, b, shape, m):
         near(b, UNKNOWN_FORM, shape.id, "bytes match the shape but do not decode as its call")
         return
     if not v.strong:
         # A gate returns to the next instruction: on heuristic evidence, a stub followed by
         # what code never falls into (int3, zeros, no instruction) is a template in data.
-        why = _not_code_after(image.data, b + m.length, bits, region)
+        why = _not_code_after(dec, image.data, b + m.length)
         if why:
             near(b, NO_BOUNDARY_EVIDENCE, shape.id, f"{why} follows the stub bytes ({v.evidence})")
             return
@@ -489,27 +489,24 @@ def _relocated(image: Image, region: Region, b: int, n: int) -> bool:
     return i < len(relocs) and relocs[i] < a + n
 
 
-def _not_code_after(data: bytes, at: int, bits: int, region: Region) -> str:
+def _not_code_after(dec: CodeDecoder, data: bytes, at: int) -> str:
     """Why the bytes at ``at`` cannot be where a returning call goes on, or ''."""
-    if at >= region.end_offset:
+    if at >= dec.end:
         return ""  # the region ends: nothing to judge
-    d = decode_view(bytes(data[at : min(at + 16, region.end_offset)]), bits, region.address_of(at), text=False)
-    if not isinstance(d, Decoded):
+    n, _, _, _ = dec.step(at)
+    if n == 0:
         return "no instruction"
-    if d.kind is Kind.INT3:
+    if data[at] == 0xCC:
         return "int3"
-    if data[at] == 0 and d.length == 2 and data[at + 1] == 0:
+    if data[at] == 0 and n == 2 and data[at + 1] == 0:
         return "zeros"
     return ""
 
 
-def _decodes_as_stub(data: bytes, b: int, shape: Shape, bits: int, region: Region, m: _cand.Match) -> bool:
+def _decodes_as_stub(dec: CodeDecoder, b: int, shape: Shape, m: _cand.Match) -> bool:
     """The shape's trapping instruction decodes as expected in this bitness (belt and braces:
     the shape table and the decoder must agree)."""
-    at = b + shape.call_at
-    d = decode_view(bytes(data[at : at + 16]), bits, region.address_of(at), text=False)
-    if not isinstance(d, Decoded):
-        return False
+    n, kind, sel = dec.trap_call(b + shape.call_at)
     if not shape.has_selector:
-        return d.kind is Kind.UD2
-    return d.kind is Kind.CALLF and d.selector == m.selector and d.length == shape.call_length
+        return kind == 2
+    return kind == 1 and sel == m.selector and n == shape.call_length
