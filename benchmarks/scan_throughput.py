@@ -61,8 +61,13 @@ def timed_cli(path: str, out: str, extra: list[str]) -> dict[str, float]:
     (gate list, ``open_image``, ``scan``, ``scan_json``, ``write_output``); a phase the CLI no
     longer reaches through them shows as missing, the total stays right.
     """
+    import importlib
+
     from gatelink import cli
 
+    # The CLI imports what a command needs lazily: load the modules whose functions are timed.
+    for name in ("gatelink.gates", "gatelink.formats", "gatelink.scan", "gatelink.report", "gatelink.cli.scan"):
+        importlib.import_module(name)
     phases: dict[str, float] = {}
     decoded = [0]
     patches = []
@@ -89,7 +94,7 @@ def timed_cli(path: str, out: str, extra: list[str]) -> dict[str, float]:
     wrap(sys.modules["gatelink.formats"], "open_image", "open")
     wrap(sys.modules["gatelink.scan"], "scan", "scan")
     wrap(sys.modules["gatelink.report"], "scan_json", "json")
-    wrap(cli, "write_output", "write")
+    wrap(sys.modules["gatelink.cli.scan"], "write_output", "write")
     try:
         t0 = time.perf_counter()
         rc = cli.main(scan_argv(path, out, extra))

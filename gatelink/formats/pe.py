@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import struct
-import sys
-from array import array
 
 import pefile
 
 from ..errors import InputError
-from ..image import Anchor, AnchorKind, Image, Region, RegionKind
+from ..image import Anchor, AnchorKind, Image, Region, RegionKind, Relocations
 
 NAME = "pe"
 MAGIC_HELP = "no MZ header"
@@ -152,38 +150,34 @@ def _build(path: str, data: bytes, pe: pefile.PE) -> Image:
     _check_overlaps(img)
     if not is64:
         img.relocations = _relocations(pe, data, img)
-        img.facts["base_relocations"] = len(img.relocations)
     return img
 
 
-_IMAGE_REL_BASED_ABSOLUTE = 0  # padding entry
-_IMAGE_REL_BASED_HIGHLOW = 3
 _DIR_BASERELOC = 5
 # A relocation block covers one 4 KiB page; more entries than bytes in the directory is
 # impossible, so the directory size bounds the work on a hostile file.
 
 
-def _relocations(pe: pefile.PE, data: bytes, img: Image) -> array:
-    """The addresses of HIGHLOW base relocations, sorted and unique (read by hand: pefile builds
-    an object per entry, slow on the tens of thousands a real application has)."""
-    out = array("I")
+def _relocations(pe: pefile.PE, data: bytes, img: Image) -> Relocations:
+    """The HIGHLOW base relocations, indexed by page (read by hand and lazily: pefile builds an
+    object per entry, and a large application has over a million)."""
     dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
     if len(dirs) <= _DIR_BASERELOC:
-        return out
+        return Relocations(data, ())
     rva, size = dirs[_DIR_BASERELOC].VirtualAddress, dirs[_DIR_BASERELOC].Size
     if not rva or not size:
-        return out
+        return Relocations(data, ())
     try:
         off = pe.get_offset_from_rva(rva)
     except Exception:
         off = None
     if off is None or off >= len(data):
         img.warnings.append(f"base relocation directory at RVA {rva:#x} is outside the file: ignored")
-        return out
+        return Relocations(data, ())
     end = min(len(data), off + size)
     base = pe.OPTIONAL_HEADER.ImageBase
-    found: list[int] = []
-    kinds: set[int] = set()
+    blocks: list[tuple[int, int, int]] = []
+    other = False
     pos = off
     while pos + 8 <= end:
         page, block = struct.unpack_from("<II", data, pos)
@@ -191,25 +185,19 @@ def _relocations(pe: pefile.PE, data: bytes, img: Image) -> array:
             if block != 0:
                 img.warnings.append(f"base relocation block at {pos:#x} has a bad size {block}: the rest is ignored")
             break
-        entries = array("H")
-        entries.frombytes(data[pos + 8 : pos + 8 + ((block - 8) & ~1)])
-        if sys.byteorder != "little":
-            entries.byteswap()
-        at = base + page
-        had = len(found)
-        if at + 0xFFF > 0xFFFFFFFF:  # hostile: addresses wrap
-            found.extend((at + (e & 0xFFF)) & 0xFFFFFFFF for e in entries if e >> 12 == _IMAGE_REL_BASED_HIGHLOW)
-        else:
-            found.extend([at + (e & 0xFFF) for e in entries if e >> 12 == _IMAGE_REL_BASED_HIGHLOW])
-        if len(found) - had + entries.count(0) != len(entries):
-            # Something other than HIGHLOW and zero padding: say which kinds (rare, so only then).
-            kinds.update({e >> 12 for e in entries} - {_IMAGE_REL_BASED_HIGHLOW, _IMAGE_REL_BASED_ABSOLUTE})
+        count = (block - 8) // 2
+        blocks.append(((base + page) & 0xFFFFFFFF, pos + 8, count))
+        # Kinds other than HIGHLOW (3) and padding (0) show in the high byte of each entry.
+        if not other and data[pos + 9 : pos + 8 + 2 * count : 2].translate(None, _HIGHLOW_OR_PAD):
+            other = True
         pos += block
-    if kinds:
-        img.warnings.append("base relocations of types " + ", ".join(map(str, sorted(kinds)))
-                            + " are not HIGHLOW: not used as code-pointer evidence")
-    found.sort()
-    return array("I", found)
+    if other:
+        img.warnings.append("base relocations other than HIGHLOW are present: not used as code-pointer evidence")
+    return Relocations(data, blocks)
+
+
+# High bytes of relocation entries of kind 0 (padding) and 3 (HIGHLOW).
+_HIGHLOW_OR_PAD = bytes(range(0x00, 0x10)) + bytes(range(0x30, 0x40))
 
 
 def _exports(pe: pefile.PE, img: Image) -> list[tuple[int, str]]:

@@ -14,7 +14,6 @@ Stub patterns in data regions are never sites (near misses with reason ``non-cod
 
 from __future__ import annotations
 
-import bisect
 import os
 import pickle
 from collections import Counter
@@ -353,11 +352,8 @@ def _code_map(image: Image, region: Region, dec: CodeDecoder, read_table: Callab
     relocs = image.relocations
     fields = []
     if relocs:
-        lo, hi = region.address, region.address + region.size
-        i = bisect.bisect_left(relocs, lo - 3)
-        while i < len(relocs) and relocs[i] < hi:
-            fields.append(region.file_offset + relocs[i] - region.address)
-            i += 1
+        fields = [region.file_offset + a - region.address
+                  for a in relocs.between(region.address - 3, region.address + region.size)]
         spans = [(r.address, r.size, r.file_offset) for r in image.regions]
         pointers = relocated_pointers(image.data, relocs, spans, dec)
     else:
@@ -481,12 +477,7 @@ def _classify(
 
 def _relocated(image: Image, region: Region, b: int, n: int) -> bool:
     """Any of the ``n`` bytes at file offset ``b`` inside a relocated 32-bit field."""
-    relocs = image.relocations
-    if not relocs:
-        return False
-    a = region.address_of(b)
-    i = bisect.bisect_left(relocs, a - 3)
-    return i < len(relocs) and relocs[i] < a + n
+    return image.relocations.overlaps(region.address_of(b), n)
 
 
 def _not_code_after(dec: CodeDecoder, data: bytes, at: int) -> str:
