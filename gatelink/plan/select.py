@@ -22,6 +22,7 @@ from ..catalog import shape as shape_by_id
 from .builders import BUILDERS
 from .checker import Checker
 from .forms import FormError, make_site, policy_for
+from .library import lookup as library_lookup
 from .matrix import class_key, plan_from_states
 from .model import RDOS_POLICY, Domain, FetchModel, Order, PatchSite, Plan, Policy
 from .synth import MAX_SYNCS, MAX_WRITES, synthesize
@@ -88,7 +89,12 @@ def _choose_cached(shape_id: str, address: int, form: str, bitness: int | None, 
     key = (class_key(site, model, policy), dk)
     cls = _CLASS_PLANS.get(key)
     if cls is None:
-        cls = _CLASS_PLANS[key] = _class_plan(site, model, policy)
+        # The shipped plan-class library answers the default policy and domains at once
+        # (.library); anything else is synthesised.
+        cls = library_lookup(site, model, policy, not doms)
+        if cls is None:
+            cls = _class_plan(site, model, policy)
+        _CLASS_PLANS[key] = cls
     states, syncs, proof, builder, note = cls
     if states is None:
         return Chosen(site, None, model, policy, proof, resume)

@@ -10,20 +10,32 @@ that it is a stub. ``eager="all"`` and ``eager="none"`` override this for every 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
-from ..catalog import shape as shape_by_id
 from ..image import Image
-from ..plan.forms import FormError, domains_for
-from ..plan.model import RDOS_POLICY, Domain, FetchModel, Policy, Write, is_var, var_field, var_index
+from ..plan.forms import FormError
+from ..plan.model import (
+    LINE,
+    RDOS_POLICY,
+    Domain,
+    FetchModel,
+    Policy,
+    Write,
+    is_var,
+    var_field,
+    var_index,
+)
 from ..plan.select import DEFAULT_MODEL, choose
 from ..scan import CERTAIN, ScanResult, Site
+from .check import form_domains, layout_digest
 from .model import (
     FLAG_EAGER,
     FLAG_LAZY,
     FLAG_NEEDS_SYNC,
     TABLE_FORMS,
+    BuildInfo,
     Identity,
     PatchTable,
     PlanStep,
@@ -34,6 +46,8 @@ from .model import (
 
 EAGER_POLICIES = ("certain", "all", "none")
 
+__all__ = ["EAGER_POLICIES", "build_info", "build_table", "form_domains", "identity_of", "is_eager", "layout_digest"]
+
 
 def identity_of(image: Image) -> Identity:
     """The table's image identity: file size and SHA-256 of the code regions' bytes in order."""
@@ -41,6 +55,14 @@ def identity_of(image: Image) -> Identity:
     for r in image.code_regions:
         h.update(image.region_bytes(r))
     return Identity(len(image.data), h.digest())
+
+
+def build_info(scan: ScanResult, eager: str) -> BuildInfo:
+    """The build info of a table made from ``scan`` (``docs/table-format.md``, "Build info")."""
+    from .. import __version__
+
+    gates = tuple(f"{s.path}:{s.version}" for s in scan.gates.sources) if scan.gates is not None else ()
+    return BuildInfo(__version__, eager, gates, layout_digest(scan.image))
 
 
 def is_eager(site: Site, eager: str) -> bool:
@@ -77,6 +99,9 @@ def build_table(
     regions = [TableRegion(r.name, r.address, r.file_offset, r.size, r.bitness or 32) for r in code]
     plans: list[PlanTemplate] = []
     plan_index: dict[PlanTemplate, int] = {}
+    # _template returns one object per (shape, form, bitness, line offset): look it up by
+    # identity first, by (slower) equality only the first time it is seen.
+    by_id: dict[int, tuple[int, bool, PlanTemplate]] = {}  # the template kept: its id stays its own
     sites: list[TableSite] = []
     for s in scan.sites:
         idxs: list[int | None] = []
@@ -86,29 +111,41 @@ def build_table(
             if tpl is None:
                 idxs.append(None)
                 continue
-            i = plan_index.get(tpl)
-            if i is None:
-                i = plan_index[tpl] = len(plans)
-                plans.append(tpl)
-            idxs.append(i)
-            needs_sync |= tpl.syncs > 0
+            known = by_id.get(id(tpl))
+            if known is None:
+                i = plan_index.get(tpl)
+                if i is None:
+                    i = plan_index[tpl] = len(plans)
+                    plans.append(tpl)
+                known = by_id[id(tpl)] = (i, tpl.syncs > 0, tpl)
+            idxs.append(known[0])
+            needs_sync |= known[1]
         flags = (FLAG_EAGER if is_eager(s, eager) else FLAG_LAZY) | (FLAG_NEEDS_SYNC if needs_sync else 0)
         original = bytes(image.data[s.file_offset : s.file_offset + s.length])
         sites.append(TableSite(region_index[s.region], s.address, s.file_offset, s.shape, s.gate, s.gate_kind,
                                s.selector, s.confidence, flags, original, tuple(idxs)))
     sites.sort(key=lambda t: (t.region, t.address))
-    doms = dict(domains_for(shape_by_id("A"), "far"))
-    if domains:
-        doms.update(domains)
-    doms.pop("ctx", None)
-    doms.pop("gate", None)
-    return PatchTable(image.format, identity_of(image), model, policy, doms, forms, regions, sites, plans)
+    fd = form_domains(forms, domains)
+    return PatchTable(image.format, identity_of(image), model, policy, dict(fd[forms[0]]), forms, regions, sites,
+                      plans, form_domains=fd, build=build_info(scan, eager))
 
 
 def _template(site: Site, form: str, model: FetchModel, policy: Policy,
               domains: dict[str, Domain] | None) -> PlanTemplate | None:
+    # A template depends on the site's address only through its position in a 64-byte line
+    # (chunk boundaries, store alignment and line crossings all repeat every 64 bytes), so
+    # one is made per (shape, form, bitness, address mod 64): a 4,000-site image needs a few
+    # hundred, not one per site.
+    doms = tuple(sorted(domains.items())) if domains else ()
+    return _template_at(site.shape, site.bitness, site.address % LINE, form, model, policy, doms)
+
+
+@functools.lru_cache(maxsize=16384)
+def _template_at(shape: str, bitness: int, line_offset: int, form: str, model: FetchModel, policy: Policy,
+                 doms: tuple[tuple[str, Domain], ...]) -> PlanTemplate | None:
+    address = 0x1000 + line_offset
     try:
-        chosen = choose(site.shape, site.address, form, model, policy, site.bitness, domains)
+        chosen = choose(shape, address, form, model, policy, bitness, dict(doms) or None)
     except FormError:
         return None
     if chosen.plan is None:
@@ -121,4 +158,4 @@ def _template(site: Site, form: str, model: FetchModel, policy: Policy,
     if rel:
         last = max(rel, key=lambda i: var_index(final[i]))
         rel_end = last + 1
-    return PlanTemplate(site.shape, form, site.bitness, final, steps, chosen.resume, rel_end)
+    return PlanTemplate(shape, form, bitness, final, steps, chosen.resume, rel_end)

@@ -8,7 +8,8 @@ specification), and :mod:`gatelink.runtime` applies it.
 Plan templates reuse the atoms of :mod:`gatelink.plan.model`: an int 0..255 is a constant byte,
 an int >= 256 (``var(field, i)``) is byte ``i`` of a value filled at patch time from the gate's
 resolved target: ``off`` (far call offset), ``sel`` (selector), ``rel`` (near call rel32,
-``target - (site address + rel_end)``).
+``target - (site address + rel_end)``), or ``gate``: byte ``i`` of the site's own gate number
+(bytes a wider store rewrites unchanged, and the offset field the call-gate form keeps).
 """
 
 from __future__ import annotations
@@ -138,6 +139,26 @@ class Identity:
     code_sha256: bytes
 
 
+@dataclass(frozen=True)
+class BuildInfo:
+    """What determines a table's content besides the image and the options stored in the
+    header (model, forms, policy, domains): what ``gatelink table --check`` compares.
+
+    ``gates``: the scan's gate lists as ``path:version``; ``layout_sha256``: hex digest of the
+    regions' layout and anchors, the relocations and the data regions' bytes
+    (:func:`gatelink.table.check.layout_digest`).
+    """
+
+    gatelink: str = ""
+    eager: str = "certain"
+    gates: tuple[str, ...] = ()
+    layout_sha256: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"eager": self.eager, "gatelink": self.gatelink, "gates": list(self.gates),
+                "layout_sha256": self.layout_sha256}
+
+
 @dataclass
 class PatchTable:
     """Every gate site of one image, with the plans proven for them.
@@ -145,6 +166,10 @@ class PatchTable:
     ``model`` and ``policy`` are what the plans were proven under, ``domains`` the operand
     values they were proven for (a runtime must not fill a value outside them). ``sites`` are
     sorted by (region, address).
+
+    ``domains`` are those of the first form; ``form_domains`` gives them per form (the
+    ``callgate`` form's selectors are call gates, the others' code selectors): use
+    :meth:`domains_of`. ``build`` records what ``--check`` compares besides the image.
     """
 
     image_format: str
@@ -157,6 +182,17 @@ class PatchTable:
     sites: list[TableSite] = field(default_factory=list)
     plans: list[PlanTemplate] = field(default_factory=list)
     version: int = FORMAT_VERSION
+    form_domains: dict[str, dict[str, Domain]] = field(default_factory=dict)
+    build: BuildInfo = field(default_factory=BuildInfo)
+
+    def domains_of(self, form: str) -> dict[str, Domain]:
+        """The operand domains the plans of ``form`` were proven for (``undefined``: far's)."""
+        f = "far" if form == "undefined" else form
+        return self.form_domains.get(f, self.domains)
+
+    def site_syncs(self, site: TableSite) -> tuple[int | None, ...]:
+        """Per form of :attr:`forms`: the number of syncs of the site's plan (None: no plan)."""
+        return tuple(None if i is None else self.plans[i].syncs for i in site.plans)
 
     def find(self, address: int, region: int | None = None) -> TableSite | None:
         """The site whose bytes contain ``address`` (in ``region``, or in any region whose
@@ -190,5 +226,5 @@ class PatchTable:
 
 __all__ = [
     "FILL_FIELDS", "FLAG_EAGER", "FLAG_LAZY", "FLAG_NEEDS_SYNC", "FLAG_PADDED", "FORMAT_VERSION",
-    "TABLE_FORMS", "Identity", "PatchTable", "PlanStep", "PlanTemplate", "TableRegion", "TableSite",
+    "TABLE_FORMS", "BuildInfo", "Identity", "PatchTable", "PlanStep", "PlanTemplate", "TableRegion", "TableSite",
 ]
