@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import chain
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -65,7 +66,29 @@ def scan_json(results: Sequence[ScanResult], failures: Sequence[InputFailure], d
     return _dumps(doc) + "\n"
 
 
-_RECORD = json.JSONEncoder(separators=(", ", ": ")).encode
+def _record_encoder() -> Callable[[object], str]:
+    """``json.dumps(o, separators=(", ", ": "))``, with one C encoder made once for every record
+    (``JSONEncoder.encode`` makes a new one per call, which costs more than encoding a site)."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - no C accelerator
+        c_make_encoder = None
+    if c_make_encoder is None:  # pragma: no cover
+        return json.JSONEncoder(separators=(", ", ": ")).encode
+    enc = c_make_encoder(None, None, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    return lambda o: "".join(enc(o, 0))
+
+
+_RECORD = _record_encoder()
+
+
+def _flat_records(doc: list[object]) -> bool:
+    """A non-empty list of dicts whose values hold no dict or list (checked with C iteration:
+    a large scan has a million values)."""
+    if not doc or not all(type(x) is dict for x in doc):
+        return False
+    types = set(map(type, chain.from_iterable(map(dict.values, doc))))  # type: ignore[arg-type]
+    return not any(issubclass(t, (dict, list)) for t in types)
 
 
 def _dumps(doc: object, depth: int = 0) -> str:
@@ -77,8 +100,7 @@ def _dumps(doc: object, depth: int = 0) -> str:
             return "{}"
         items = [f"{pad}{json.dumps(k)}: {_dumps(v, depth + 1)}" for k, v in doc.items()]
         return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
-    if isinstance(doc, list) and doc and all(isinstance(x, dict) for x in doc) \
-            and not any(isinstance(v, (dict, list)) for x in doc for v in x.values()):
+    if isinstance(doc, list) and _flat_records(doc):
         return "[\n" + ",\n".join(pad + _RECORD(x) for x in doc) + "\n" + " " * depth + "]"
     if isinstance(doc, list) and any(isinstance(x, (dict, list)) for x in doc):
         return "[\n" + ",\n".join(pad + _dumps(x, depth + 1) for x in doc) + "\n" + " " * depth + "]"

@@ -3,24 +3,63 @@
 One module per command group registers its commands on the shared typer app
 (:mod:`.common`); :func:`main` maps every failure to its documented exit code.
 Set ``GATELINK_DEBUG=1`` to see tracebacks of internal errors.
+
+Start-up is what a build pays per call, so :func:`main` imports only the module of the command
+being run (found by its ``@app.command("name")`` line, without importing anything); help, an
+unknown name or no command imports them all. A new command module needs no registration here.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_USAGE, GatelinkError
-from . import plans as _plans  # noqa: F401  (registers its commands)
-from . import scan as _scan  # noqa: F401
 from .common import _err, app, write_output
 
-__all__ = ["app", "main", "write_output"]
+__all__ = ["app", "main", "register_commands", "write_output"]
+
+# Modules here that register no command.
+_NOT_COMMANDS = frozenset({"__init__", "common", "batchopts"})
+# Used when the sources cannot be read (a zipped install): every command module.
+_KNOWN_MODULES = ("audit", "harness", "pad", "plans", "runtime", "scan", "table")
+_COMMAND_RE = re.compile(r"""@app\.command\(\s*["']([\w-]+)["']""")
+
+
+def _command_modules() -> dict[str, str]:
+    """Command name -> the module defining it, read from the sources (no imports)."""
+    out: dict[str, str] = {}
+    try:
+        for f in sorted(Path(__file__).parent.glob("*.py")):
+            if f.stem not in _NOT_COMMANDS:
+                for name in _COMMAND_RE.findall(f.read_text(encoding="utf-8")):
+                    out.setdefault(name, f.stem)
+    except OSError:
+        pass
+    return out
+
+
+def register_commands(argv: list[str] | None = None) -> None:
+    """Import the module of the command ``argv`` runs, or every command module (for help, an
+    unknown command, or ``argv`` None). Importing a module registers its commands on ``app``."""
+    modules = _command_modules()
+    name = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if name is not None and name in modules:
+        wanted = [modules[name]]
+    elif argv and name is None and not {"-h", "--help"} & set(argv):
+        wanted = []  # --version: no command runs
+    else:
+        wanted = sorted(set(modules.values()) | set(_KNOWN_MODULES if not modules else ()))
+    for m in wanted:
+        importlib.import_module(f".{m}", __name__)
 
 
 @app.callback(invoke_without_command=True)
@@ -34,7 +73,9 @@ def _root(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and maps every failure to its documented exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        register_commands(args)
         rv = app(args=argv, prog_name="gatelink", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import EXIT_INPUT, InputError, UsageError
-from .common import _err, _parse_int, _Progress, _width, app, write_output
+from ..errors import EXIT_INPUT, UsageError
+from .common import _width, app, write_output
 
 OUTPUT_FORMATS = ("text", "json", "csv")
 INPUT_FORMATS = ("pe", "rdv", "bootimg", "raw")
@@ -48,55 +48,42 @@ def scan_cmd(
     bitness: Annotated[Optional[int], typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list to use (os.def, user.def, OW header, CSV); replaces the bundled names for the kinds it defines. Repeatable.")] = [],  # noqa: B006
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes for large code regions (default: one per CPU). The result is the same for any number.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes (default: one per CPU): several files are shared out between them, one file's large code regions otherwise. The result is the same for any number.")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep results in this folder by content hash: unchanged inputs are not scanned again.")] = None,
 ) -> None:
     """Find every gate stub in FILES, with its gate name, shape and evidence."""
-    from .. import formats as _formats
     from ..gates import load as load_gates
-    from ..report import InputFailure, scan_csv, scan_json, scan_text
-    from ..scan import scan as run_scan
+    from .batchopts import Diagnostics, RunMemo, check_jobs, raw_options, scan_inputs
 
     out_fmt, in_fmt = _split_formats(format)
-    raw_opts = None
-    if raw or in_fmt == "raw":
-        if bitness is None:
-            raise UsageError("--raw needs --bitness 16 or 32")
-        if bitness not in (16, 32):
-            raise UsageError(f"--bitness must be 16 or 32, not {bitness}")
-        raw_opts = _formats.RawOptions(bitness, _parse_int(base, "--base") if base is not None else 0)
-    elif bitness is not None or base is not None:
-        raise UsageError("--bitness and --base apply to raw images only (add --raw)")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+    raw_opts = raw_options(raw or in_fmt == "raw", bitness, base)
+    check_jobs(jobs)
     db = load_gates([str(g) for g in gates])
+    color = out_fmt == "text" and output is None and sys.stdout.isatty()
+    width = _width()
+    memo = RunMemo(cache, "scan", (out_fmt, all_, color, width if out_fmt == "text" else 0), files, db, in_fmt,
+                   raw_opts) if cache is not None else None
+    if memo is not None:
+        code = memo.replay(output)
+        if code is not None:
+            raise typer.Exit(code)
+    from ..report import InputFailure, scan_csv, scan_json, scan_text  # (rich, the scanner: not for a replay)
+
+    diag = Diagnostics()
     for w in db.warnings:
-        _err(f"warning: {w}")
-    results = []
-    failures = []
-    progress = _Progress(len(files)) if sys.stderr.isatty() else None
-    for f in files:
-        try:
-            img = _formats.open_image(f, format=None if in_fmt == "raw" else in_fmt, raw=raw_opts)
-            res = run_scan(img, db, progress=progress.advance if progress else None, jobs=jobs)
-        except InputError as e:
-            _err(f"error: {e}")
-            failures.append(InputFailure(str(f), e.problem))
-            continue
-        finally:
-            if progress:
-                progress.next_file()
-        for w in res.warnings:
-            _err(f"warning: {f}: {w}")
-        results.append(res)
-    if progress:
-        progress.close()
+        diag(f"warning: {w}")
+    pairs, failed = scan_inputs(files, db, in_fmt, raw_opts, jobs, cache, diag=diag)
+    results = [res for res, _ in pairs]
+    failures = [InputFailure(p, problem) for p, problem in failed]
     if out_fmt == "json":
         text = scan_json(results, failures, db)
     elif out_fmt == "csv":
         text = scan_csv(results, all_)
     else:
-        color = output is None and sys.stdout.isatty()
-        text = scan_text(results, failures, db, all_, width=_width(), color=color)
+        text = scan_text(results, failures, db, all_, width=width, color=color)
     write_output(text, output)
-    if failures:
-        raise typer.Exit(EXIT_INPUT)
+    code = EXIT_INPUT if failures else 0
+    if memo is not None:
+        memo.store(text, diag, code)
+    if code:
+        raise typer.Exit(code)
