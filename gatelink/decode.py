@@ -234,8 +234,9 @@ class CodeDecoder:
         start. ``stop[r]`` is nonzero where decoding must not simply go on: a byte a proven
         instruction or known data covers, a relocated field, or past the region (the map
         carries a sentinel there); ``ilen[r]`` marks proven starts. Each instruction decoded
-        gets ``ilen[r] = length | tag`` and ``stop[r:r+n]`` set (so one walk marks one contiguous
-        run of instructions, from ``pos`` to where it stops); direct call targets go to ``calls`` as (target, source) and conditional branch targets
+        gets ``ilen[r] = length | tag``, and the run it decoded (one contiguous run of
+        instructions, from ``pos`` to where it stops) is set in ``stop`` when it returns; a walk
+        only moves forward, so its own marks are never in its way. Direct call targets go to ``calls`` as (target, source) and conditional branch targets
         to ``branches`` (targets outside the region are dropped); instructions whose first byte
         is in ``imm_first`` go to ``imm_out``.
 
@@ -243,12 +244,26 @@ class CodeDecoder:
 
         * ``WALK_MERGE``: ``ilen`` already marks a start there (not decoded);
         * ``WALK_CONFLICT``: inside proven code, known data or a relocated field (not decoded);
-        * ``WALK_BAD``: invalid, past the region, or the rules of :meth:`step` are needed
-          (data-like codes, UD2 forms); not marked;
+        * ``WALK_BAD``: invalid, past the region (the instruction before it may run past the
+          end: the caller drops it), or the rules of :meth:`step` are needed (data-like codes,
+          UD2 forms); not marked;
         * ``WALK_RELOC``: its bytes overlap relocated fields (``relocs``, first bytes in
           ``reloc_starts``) other than exactly its 32-bit operand fields (not marked);
         * ``WALK_JUMP`` (direct jump; ``target``) or ``WALK_STOP`` (no fall-through): marked.
         """
+        if relocs is not None:
+            assert reloc_starts is not None
+            return self._walk_relocated(pos, ilen, stop, tag, relocs, reloc_starts, calls, branches)
+        return self._walk_plain(pos, ilen, stop, tag, imm_first, imm_out, calls, branches)
+
+    # The two loops below are one loop written twice (with and without relocations), because
+    # per-instruction tests cost what the decoding costs. An instruction that runs past the
+    # region's end is caught one step later, at the sentinel in ``stop`` past the end: the
+    # caller sees WALK_BAD at a position >= end and drops that instruction.
+
+    def _walk_relocated(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, relocs: bytearray,
+                        reloc_starts: bytearray, calls: list[tuple[int, int]],
+                        branches: list[int]) -> tuple[int, int, int, int | None]:
         d = self._dec
         ins = self._insn
         d.position = pos
@@ -256,23 +271,23 @@ class CodeDecoder:
         s0 = self._start
         end = self._end
         delta = self._delta
-        data = self._data
         kinds = _WALK_KIND
-        ones = _ONES
+        r0 = pos - s0  # the run marked in stop at every return: [r0, where it ends)
         while True:
             r = pos - s0
             if stop[r]:
+                stop[r0:r] = b"\x01" * (r - r0)
                 if pos >= end:
                     return pos, WALK_BAD, 0, None
                 return pos, (WALK_MERGE if ilen[r] else WALK_CONFLICT), 0, None
             d.decode_out(ins)
             n = ins.len
             k = kinds[ins.code]
-            if k == 1 or pos + n > end:
+            if k == 1:
                 d.position = pos
+                stop[r0:r] = b"\x01" * (r - r0)
                 return pos, WALK_BAD, n, None
-            if relocs is not None and n > 1 and (relocs[r + 1] or relocs[r + n - 1]
-                                                 or (n > 6 and relocs.find(1, r + 2, r + n - 1) != -1)):
+            if n > 1 and (relocs[r + 1] or relocs[r + n - 1] or (n > 6 and relocs.find(1, r + 2, r + n - 1) != -1)):
                 # Relocated bytes inside an instruction must be exactly its 32-bit operand
                 # fields (a misaligned decode almost never keeps them so).
                 co = d.get_constant_offsets(ins)
@@ -283,10 +298,56 @@ class CodeDecoder:
                     want += 4
                 if not want or relocs.count(1, r, r + n) != want:
                     d.position = pos
+                    stop[r0:r] = b"\x01" * (r - r0)
                     return pos, WALK_RELOC, n, None
             ilen[r] = n | tag
-            stop[r : r + n] = ones[n]
-            if imm_first is not None and data[pos] in imm_first:
+            if k:
+                if k == 2:
+                    t = ins.near_branch_target - delta
+                    if s0 <= t < end:
+                        branches.append(t)
+                elif k == 3:
+                    t = ins.near_branch_target - delta
+                    if s0 <= t < end:
+                        calls.append((t, pos))
+                else:
+                    stop[r0 : r + n] = b"\x01" * (r + n - r0)
+                    if k == 4:
+                        t = ins.near_branch_target - delta
+                        return pos, WALK_JUMP, n, t if s0 <= t < end else None
+                    return pos, WALK_STOP, n, None
+            pos += n
+
+    def _walk_plain(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, imm_first: frozenset[int] | None,
+                    imm_out: list[int], calls: list[tuple[int, int]],
+                    branches: list[int]) -> tuple[int, int, int, int | None]:
+        d = self._dec
+        ins = self._insn
+        d.position = pos
+        d.ip = pos + self._delta
+        s0 = self._start
+        end = self._end
+        delta = self._delta
+        data = self._data
+        kinds = _WALK_KIND
+        imm = imm_first or frozenset()
+        r0 = pos - s0
+        while True:
+            r = pos - s0
+            if stop[r]:
+                stop[r0:r] = b"\x01" * (r - r0)
+                if pos >= end:
+                    return pos, WALK_BAD, 0, None
+                return pos, (WALK_MERGE if ilen[r] else WALK_CONFLICT), 0, None
+            d.decode_out(ins)
+            n = ins.len
+            k = kinds[ins.code]
+            if k == 1:
+                d.position = pos
+                stop[r0:r] = b"\x01" * (r - r0)
+                return pos, WALK_BAD, n, None
+            ilen[r] = n | tag
+            if data[pos] in imm:
                 imm_out.append(pos)
             if k:
                 if k == 2:
@@ -297,10 +358,11 @@ class CodeDecoder:
                     t = ins.near_branch_target - delta
                     if s0 <= t < end:
                         calls.append((t, pos))
-                elif k == 4:
-                    t = ins.near_branch_target - delta
-                    return pos, WALK_JUMP, n, t if s0 <= t < end else None
                 else:
+                    stop[r0 : r + n] = b"\x01" * (r + n - r0)
+                    if k == 4:
+                        t = ins.near_branch_target - delta
+                        return pos, WALK_JUMP, n, t if s0 <= t < end else None
                     return pos, WALK_STOP, n, None
             pos += n
 

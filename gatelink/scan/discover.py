@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import bisect
 import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..decode import WALK_CONFLICT, WALK_JUMP, WALK_MERGE, WALK_RELOC, WALK_STOP, CodeDecoder, Flow
-from ..image import Anchor
+from ..image import Anchor, Relocations
 
 FULL_LIMIT = 8 << 20  # regions up to this size are discovered whole (every RDOS binary is far smaller)
 STRONG = 3
@@ -59,6 +60,7 @@ _IMM_OPS = frozenset([0x68, 0xC7, *range(0xB8, 0xC0)])
 
 _ONES = [b"\x01" * i for i in range(32)]
 _SENTINEL = 16  # map bytes past the region: a walk stops there without a bounds check
+_RELOC_STOP = b"\x02\x02\x02\x02"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,8 @@ class CodeMap:
 
     Maps are indexed by region offset: ``ilen[i]`` holds the length of the instruction proven to
     start at ``i`` and its evidence level (``length | level << 4``; 0: none); ``stop[i]`` is 1
-    where a proven instruction, known data or a relocated field covers the byte; ``data[i]`` is
-    1 for jump tables.
+    where a proven instruction or known data covers the byte, 2 in a relocated field no proven
+    instruction covers (0 elsewhere); ``data[i]`` is 1 for jump tables.
     The methods take and return file offsets, like the rest of the scanner. Which seed proved a
     start is kept per descent and looked up only for the sites reported.
     """
@@ -132,7 +134,10 @@ class CodeMap:
             self.reloc_starts[r - self.start] = 1
             a = r - self.start
             self.reloc_map[a : a + 4] = b"\x01\x01\x01\x01"[: n - a]
-            self.stop[a : a + 4] = b"\x01\x01\x01\x01"[: n - a]
+            self.stop[a : a + 4] = _RELOC_STOP[: n - a]
+        # What a failed trial restores: relocated fields are 2 in stop, proven code and data 1,
+        # so proven code or data is exactly where stop is 1 (gaps are found with find/rfind).
+        self._stop0 = bytes(self.stop)
         # First bytes of instructions whose immediate may be a code address (no relocations).
         self._imm_first = (_IMM_OPS | {0x66}) if immediates else None
         self.tables: list[tuple[int, int, str]] = []  # (start, end, why): jump tables found
@@ -216,7 +221,7 @@ class CodeMap:
             s0 = self.start
             for a, e in spans:  # undo: the runs this trial marked
                 self.ilen[a - s0 : e - s0] = bytes(e - a)
-                self.stop[a - s0 : e - s0] = self.reloc_map[a - s0 : e - s0]
+                self.stop[a - s0 : e - s0] = self._stop0[a - s0 : e - s0]
             del self._probes[mark:]
             return
         seed = len(self.seeds)
@@ -314,6 +319,8 @@ class CodeMap:
                 if pos >= self.end:
                     if trial:
                         raise Rejected("runs off the region")
+                    if pos > self.end:
+                        self._drop_last(at, pos, spans)  # it ran past the end: not code of this region
                     break
                 n, flow, t2, data_like = dec.step(pos)
                 if n == 0 or (data_like and (trial or level < STRONG)):
@@ -348,6 +355,17 @@ class CodeMap:
             for p in imm_out:
                 self._immediate(p)
         return calls, tables
+
+    def _drop_last(self, at: int, pos: int, spans: list[tuple[int, int]]) -> None:
+        """Unmark the last instruction of the run ``[at, pos)``, which runs past the region."""
+        s0 = self.start
+        x = pos - 1
+        while x > at and not self.ilen[x - s0]:
+            x -= 1
+        self.ilen[x - s0] = 0
+        self.stop[x - s0 : pos - s0] = self._stop0[x - s0 : pos - s0]
+        if spans and spans[-1] == (at, pos):
+            spans[-1] = (at, x)
 
     def _relocs_fit(self, pos: int, n: int) -> bool:
         """Every relocated field overlapping the instruction at ``pos`` is one of its 32-bit
@@ -443,20 +461,11 @@ class CodeMap:
     def known_before(self, r: int, floor: int = 0) -> int:
         """The last region offset before ``r`` (and at or after ``floor``) that proven code or
         known data covers, or -1 (relocated fields in code nothing proved do not count)."""
-        stop, rmap, s0 = self.stop, self.reloc_map, self.start
-        x = stop.rfind(1, floor, r)
-        while x != -1 and rmap[x] and not self.ilen[x] and self.covering(s0 + x) is None:
-            x = stop.rfind(1, floor, x)
-        return x
+        return self.stop.rfind(1, floor, r)
 
     def known_after(self, r: int) -> int:
         """The first region offset at or after ``r`` that proven code or known data covers, or -1."""
-        stop, rmap, s0 = self.stop, self.reloc_map, self.start
-        n = self.end - s0
-        x = stop.find(1, r, n)
-        while x != -1 and rmap[x] and not self.ilen[x] and self.covering(s0 + x) is None:
-            x = stop.find(1, x + 1, n)
-        return x
+        return self.stop.find(1, r, self.end - self.start)
 
     def level_at(self, p: int) -> int:
         return self.ilen[p - self.start] >> 4
@@ -470,27 +479,26 @@ class CodeMap:
         return None
 
 
-def relocated_pointers(image_data: bytes, relocs: Sequence[int], regions: Sequence[tuple[int, int, int]],
+def relocated_pointers(image_data: bytes, relocs: Relocations, regions: Sequence[tuple[int, int, int]],
                        dec: CodeDecoder) -> list[tuple[int, str]]:
     """Relocated dwords whose value is a position in ``dec``'s region: (target file offset,
-    why), sorted by target. ``relocs`` are addresses; ``regions`` (address, size, file offset)
-    of the image, to find where each relocated field lies in the file."""
-    spans = sorted(regions)
-    addrs = [r[0] for r in spans]
-    out: dict[int, str] = {}
-    for a in relocs:
-        i = bisect.bisect_right(addrs, a) - 1
-        if i < 0:
+    why), sorted by target, the first relocation naming each target kept. ``regions``
+    (address, size, file offset) of the image say where each relocated field lies in the file."""
+    lo = dec.address(dec.start)
+    hi = dec.address(dec.end)
+    delta = dec.start - lo
+    unpack = struct.Struct("<I").unpack_from
+    out: dict[int, int] = {}
+    for ra, size, fo in sorted(regions):
+        if size < 4:
             continue
-        ra, size, fo = spans[i]
-        if a + 4 > ra + size:
-            continue
-        f = fo + (a - ra)
-        v = int.from_bytes(image_data[f : f + 4], "little")
-        t = dec.offset_of(v)
-        if t is not None:
-            out.setdefault(t, f"relocated pointer at {a:#x}")
-    return sorted(out.items())
+        fields = relocs.between(ra, ra + size - 3)
+        shift = fo - ra
+        for a in fields:
+            v = unpack(image_data, a + shift)[0]
+            if lo <= v < hi and v not in out:
+                out[v] = a
+    return sorted((v + delta, f"relocated pointer at {a:#x}") for v, a in out.items())
 
 
 def describe_gap(cmap: CodeMap, lo: int) -> str:
@@ -542,91 +550,118 @@ class _Segment:
     clean: bool = False
     why: str = ""
     skipped_before: int = 0
-    bad_target: str = ""
+    bad_target: str | None = None  # computed on first use
 
 
 class _GapStream:
-    """The linear decode of one gap ``[g0, gap_end)``, done once for every candidate in it."""
+    """The linear decode of one gap ``[g0, gap_end)``, shared by every candidate in it and
+    decoded only as far as the questions asked of it need (a run at a time)."""
 
     def __init__(self, cmap: CodeMap, g0: int, gap_end: int) -> None:
-        dec = cmap.dec
-        s0 = cmap.start
+        self.cmap = cmap
         self.g0, self.gap_end = g0, gap_end
         self.segments: list[_Segment] = []
         self.dead = ""  # why the stream stopped for good (before gap_end)
         self.dead_at = gap_end
-        pos = g0
-        skipped = 0
-        targets: list[tuple[int, int, _Segment]] = []
-        while pos < gap_end:
-            q = _skip_data(cmap, pos, gap_end)
-            skipped += q - pos
-            pos = q
+        self.pos = g0
+        self.skipped = 0
+        self.done = False
+        self.starts: set[int] = set()
+        self.targets: dict[int, list[tuple[int, int]]] = {}  # segment index -> (target, source)
+
+    def decoded_to(self, limit: int) -> None:
+        """Decode whole runs until the stream has passed ``limit`` (or ended)."""
+        while not self.done and self.pos <= limit:
+            self._run()
+
+    def _run(self) -> None:
+        """Decode the next run: skip data, then instructions up to a transfer, a failure or the
+        gap's end."""
+        cmap = self.cmap
+        dec = cmap.dec
+        s0 = cmap.start
+        gap_end = self.gap_end
+        pos = _skip_data(cmap, self.pos, gap_end)
+        self.skipped += pos - self.pos
+        if pos >= gap_end:
+            self.pos = pos
+            self.done = True
+            return
+        seg = _Segment(pos, [], [], skipped_before=self.skipped)
+        k = len(self.segments)
+        self.segments.append(seg)
+        targets: list[tuple[int, int]] = []
+        while True:
             if pos >= gap_end:
+                seg.end = pos
+                seg.clean = pos == gap_end
                 break
-            seg = _Segment(pos, [], [], skipped_before=skipped)
-            self.segments.append(seg)
-            while True:
-                if pos >= gap_end:
-                    seg.end = pos
-                    seg.clean = pos == gap_end
+            n, flow, tgt, data_like = dec.step(pos)
+            why = ""
+            if n == 0:
+                why = f"invalid instruction at {dec.address(pos):#x}"
+            elif data_like:
+                why = f"data-like '{dec.text(pos)}' at {dec.address(pos):#x}"
+            elif cmap.relocs and cmap.reloc_map.find(1, pos - s0 + 1, pos - s0 + n) != -1 \
+                    and not cmap._relocs_fit(pos, n):  # noqa: SLF001
+                why = f"'{dec.text(pos)}' at {dec.address(pos):#x} splits a relocated field"
+            elif pos + n > gap_end:
+                why = f"'{dec.text(pos)}' at {dec.address(pos):#x} runs over the proven code at {dec.address(gap_end):#x}"
+            if why:
+                seg.end = pos
+                seg.why = why
+                break
+            seg.starts.append(pos)
+            seg.lengths.append(n)
+            self.starts.add(pos)
+            if tgt is not None:
+                targets.append((tgt, pos))
+            pos += n
+            if flow is Flow.JUMP or flow is Flow.STOP:
+                seg.end = pos
+                seg.clean = True
+                break
+        self.targets[k] = targets
+        self.pos = pos
+        if pos >= gap_end:
+            self.done = True
+        elif seg.why and _skip_data(cmap, pos, gap_end) == pos:
+            # Data in the gap (a table of constants, zero fill) lets the decode start again
+            # after it, but only where what it met is certainly data, never at an arbitrary byte.
+            self.dead, self.dead_at = seg.why, pos
+            self.done = True
+
+    def _bad_target(self, k: int) -> str:
+        """Why run ``k`` is not code by its branches, or ''. A target inside one of the stream's
+        own instructions, or inside proven code or known data, says the run is not code."""
+        seg = self.segments[k]
+        if seg.bad_target is None:
+            cmap = self.cmap
+            dec, s0 = cmap.dec, cmap.start
+            seg.bad_target = ""
+            for t, src in self.targets.get(k, ()):
+                if self.g0 <= t < self.gap_end:
+                    self.decoded_to(t)
+                    if t < self.dead_at and t not in self.starts:
+                        seg.bad_target = (f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, "
+                                          f"not an instruction start of the decode")
+                        break
+                    continue
+                rt = t - s0
+                if 0 <= rt < cmap.end - s0 and cmap.stop[rt] == 1 and not cmap.ilen[rt]:
+                    seg.bad_target = (f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, "
+                                      f"inside proven code or data")
                     break
-                n, flow, tgt, data_like = dec.step(pos)
-                why = ""
-                if n == 0:
-                    why = f"invalid instruction at {dec.address(pos):#x}"
-                elif data_like:
-                    why = f"data-like '{dec.text(pos)}' at {dec.address(pos):#x}"
-                elif cmap.relocs and cmap.reloc_map.find(1, pos - s0 + 1, pos - s0 + n) != -1 \
-                        and not cmap._relocs_fit(pos, n):  # noqa: SLF001
-                    why = f"'{dec.text(pos)}' at {dec.address(pos):#x} splits a relocated field"
-                elif pos + n > gap_end:
-                    why = f"'{dec.text(pos)}' at {dec.address(pos):#x} runs over the proven code at {dec.address(gap_end):#x}"
-                if why:
-                    seg.end = pos
-                    seg.why = why
-                    break
-                seg.starts.append(pos)
-                seg.lengths.append(n)
-                if tgt is not None:
-                    targets.append((tgt, pos, seg))
-                pos += n
-                if flow is Flow.JUMP or flow is Flow.STOP:
-                    seg.end = pos
-                    seg.clean = True
-                    break
-            if seg.why:
-                # Data in the gap (a table of constants, zero fill): start again after it, but
-                # only where what the decode met is certainly data, never at an arbitrary byte.
-                q = _skip_data(cmap, pos, gap_end)
-                if q == pos:
-                    self.dead, self.dead_at = seg.why, pos
-                    break
-        starts = {p for sg in self.segments for p in sg.starts}
-        for t, src, seg in targets:
-            # Code branches to instruction starts: a target inside one of the stream's own
-            # instructions, or inside proven code or known data, says the stream is not code.
-            if seg.bad_target:
-                continue
-            if g0 <= t < self.dead_at and t not in starts:
-                seg.bad_target = (f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, "
-                                  f"not an instruction start of the decode")
-                continue
-            rt = t - s0
-            if not g0 <= t < gap_end and 0 <= rt < cmap.end - s0 and cmap.stop[rt] and not cmap.ilen[rt] \
-                    and not (cmap.reloc_map[rt] and cmap.covering(t) is None):
-                seg.bad_target = f"its branch at {dec.address(src):#x} targets {dec.address(t):#x}, inside proven code or data"
+        return seg.bad_target
 
     def verdict(self, cmap: CodeMap, lo: int, hi: int) -> GapVerdict:
         dec = cmap.dec
         what = "the region start" if self.g0 == cmap.start else f"proven code or data ending at {dec.address(self.g0):#x}"
+        self.decoded_to(lo)
         seg = None
-        for sg in self.segments:
-            if sg.first <= lo < max(sg.end, sg.first + 1):
-                seg = sg
-                break
-            if sg.first > lo:
-                break
+        k = bisect.bisect_right([sg.first for sg in self.segments], lo) - 1
+        if k >= 0 and lo < max(self.segments[k].end, self.segments[k].first + 1):
+            seg = self.segments[k]
         if seg is None:
             if lo >= self.dead_at:
                 return GapVerdict(None, None, "", f"linear decode through the gap from {what}: {self.dead}")
@@ -646,8 +681,9 @@ class _GapStream:
         if seg.why:
             return GapVerdict(None, None, "", f"linear decode through the gap from {what} reaches the candidate, "
                                               f"then meets {seg.why}")
-        if seg.bad_target:
-            return GapVerdict(None, None, "", f"the gap decode from {what} is not code: {seg.bad_target}")
+        bad = self._bad_target(k)
+        if bad:
+            return GapVerdict(None, None, "", f"the gap decode from {what} is not code: {bad}")
         if outcome_b is not None and outcome_b == seg.first:
             # Right after a transfer or data, the bytes tell a stub from a stub template kept in
             # data no better than a coin: only proven evidence may start a stream with one.
