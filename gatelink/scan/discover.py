@@ -162,19 +162,25 @@ class CodeMap:
         for off, why in pointers:
             self._try_pointer(off, STRONG, why)
             self._drain()
+        # Immediates found in newly proven code may point to more code: repeat to a fixpoint.
+        self._immediates_to_fixpoint()
+        # Weak anchors last (a driver's code segment may open with names rather than code), and
+        # only where the bytes look like a routine's first instruction.
         for a in weak:
             off = self.start + a.offset
-            if self.start <= off < self.end:
+            if self.start <= off < self.end and _entry_like(self.dec, off):
                 self._try_pointer(off, POINTER, f"{a.kind.value} {a.name} (weak)".strip())
                 self._drain()
-        # Immediates found in newly proven code may point to more code: repeat to a fixpoint.
+        self._immediates_to_fixpoint()
+        return self
+
+    def _immediates_to_fixpoint(self) -> None:
         while self._imm_candidates:
             batch = sorted(self._imm_candidates.items())
             self._imm_candidates = {}
             for off, why in batch:
                 self._try_pointer(off, POINTER, why)
                 self._drain()
-        return self
 
     def level_of(self, r: int) -> int:
         return self.ilen[r] >> 4
@@ -205,10 +211,13 @@ class CodeMap:
         m = _CSTRING.match(self.dec._data, off, min(self.end, off + 256))  # noqa: SLF001
         if m is not None:
             return  # a string kept in code
-        if level < STRONG and gap_verdict(self, off, off).covering is not None:
-            # An unrelocated immediate may equal a code offset by coincidence: the code around
-            # it, decoded from where proven code ends, must not put an instruction across it.
-            return
+        if level < STRONG and not _entry_like(self.dec, off):
+            # An unrelocated immediate may equal a code offset by coincidence: unless it names
+            # what looks like a routine's first instruction, the code around it, decoded from
+            # right where proven code ends, must not put an instruction across it.
+            g = gap_verdict(self, off, off)
+            if g.covering is not None and g.anchored:
+                return
         self._attempt(off, level, why, trial=True)
 
     def _attempt(self, off: int, level: int, why: object, trial: bool) -> None:
@@ -536,6 +545,7 @@ class GapVerdict:
     covering: tuple[int, int] | None
     evidence: str
     reason: str = ""
+    anchored: bool = False  # the decode's run began right where proven code or data ends
 
 
 @dataclass
@@ -694,7 +704,9 @@ class _GapStream:
         ev = f"linear decode through an unreached gap from {what}"
         if seg.skipped_before:
             ev += f", skipping {seg.skipped_before} bytes of fill, strings or addresses"
-        return GapVerdict(outcome_b, None if outcome_b is not None else (p, n), ev)
+        anchored = seg.first == self.g0 and not seg.skipped_before and self.g0 > cmap.start \
+            and cmap.stop[self.g0 - 1 - cmap.start] == 1
+        return GapVerdict(outcome_b, None if outcome_b is not None else (p, n), ev, anchored=anchored)
 
 
 def gap_verdict(cmap: CodeMap, lo: int, hi: int) -> GapVerdict:
@@ -719,6 +731,19 @@ def gap_verdict(cmap: CodeMap, lo: int, hi: int) -> GapVerdict:
     if stream is None:
         stream = cmap.gaps[key] = _GapStream(cmap, s0 + g0, gap_end)
     return stream.verdict(cmap, lo, hi)
+
+
+# First bytes of routines in compiled and hand-written RDOS code (watcom-output.md, sections 5,
+# 7, 8): frame set-up, the stack-check call, DS loads, register saves, thunks.
+_ENTRY = re.compile(
+    rb"\x55(?:\x89\xe5|\x8b\xec)|\x68....\xe8|\xc8|\x1e|\x06|\x60|\xb8....?\x8e[\xd8\xc0]|\x66?\xb8..\x8e[\xd8\xc0]"
+    rb"|[\x51\x52\x53\x56\x57]|\xe8....\xcb",
+    re.DOTALL,
+)
+
+
+def _entry_like(dec: CodeDecoder, off: int) -> bool:
+    return _ENTRY.match(dec._data, off, min(dec.end, off + 8)) is not None  # noqa: SLF001
 
 
 def _skip_data(cmap: CodeMap, pos: int, end: int) -> int:
