@@ -72,6 +72,7 @@ def table_cmd(
     base: Annotated[str | None, typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list (os.def, user.def, OW header, CSV), as for scan. Repeatable.")] = [],  # noqa: B006
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Scanner worker processes (the result is the same for any number).")] = None,
+    selectors: Annotated[str | None, typer.Option("--selectors", help="Selectors the kernel fills in at patch time (the plans are proven for exactly these): values and ranges, e.g. 0x23 or 0x400-0xFFF/8. Default: RDOS code selectors 0x400..0xFFF step 8 (call gates 0x403.. for callgate).")] = None,
 ) -> None:
     """Write the patch table of each FILE: every gate site with its proven plan templates,
     eager or lazy, for a loader or fault handler. Exit 0 done (or up to date), 1 stale
@@ -116,10 +117,18 @@ def table_cmd(
         raise UsageError("--bitness and --base apply to raw images only (add --raw)")
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+    domains = None
+    if selectors is not None:
+        from ..plan.model import parse_selectors
+
+        try:
+            domains = {"sel": parse_selectors(selectors)}
+        except ValueError as e:
+            raise UsageError(f"--selectors: {e}") from None
     db = load_gates([str(g) for g in gates])
     for w in db.warnings:
         _err(f"warning: {w}")
-    opts = _Options(fetch_model, forms, eager, pol, fmt, c, asm, symbol, embed, output, db, jobs)
+    opts = _Options(fetch_model, forms, eager, pol, fmt, c, asm, symbol, embed, output, db, jobs, domains)
     failed = False
     stale = False
     for f in files:
@@ -148,10 +157,11 @@ def table_cmd(
 
 class _Options:
     def __init__(self, model: object, forms: tuple[str, ...], eager: str, policy: object, fmt: str, c: bool,
-                 asm: bool, symbol: str, embed: bool, output: Path | None, db: object, jobs: int | None) -> None:
+                 asm: bool, symbol: str, embed: bool, output: Path | None, db: object, jobs: int | None,
+                 domains: dict[str, object] | None = None) -> None:
         self.model, self.forms, self.eager, self.policy = model, forms, eager, policy
         self.fmt, self.c, self.asm, self.symbol, self.embed, self.output = fmt, c, asm, symbol, embed, output
-        self.db, self.jobs = db, jobs
+        self.db, self.jobs, self.domains = db, jobs, domains
 
     def target(self, path: Path) -> Path:
         if self.output is not None:
@@ -184,7 +194,7 @@ def _write_one(inp: _Input, opts: _Options) -> None:
     res = run_scan(inp.image, opts.db, jobs=opts.jobs)  # type: ignore[arg-type]
     for w in res.warnings:
         _err(f"warning: {inp.path}: {w}")
-    table = build_table(res, opts.model, opts.forms, opts.eager, opts.policy)  # type: ignore[arg-type]
+    table = build_table(res, opts.model, opts.forms, opts.eager, opts.policy, opts.domains)  # type: ignore[arg-type]
     missing = sum(1 for s in table.sites if all(p is None for p in s.plans))
     if missing:
         _err(f"warning: {inp.path}: {missing} sites have no plan for the forms {','.join(opts.forms)} "
@@ -234,7 +244,7 @@ def _check_one(inp: _Input, opts: _Options) -> list[str]:
             table = read_json(data, tpath)
         else:
             table = read_table(data, tpath)
-    domains = form_domains(opts.forms, None)
+    domains = form_domains(opts.forms, opts.domains)  # type: ignore[arg-type]
     gates = tuple(f"{s.path}:{s.version}" for s in opts.db.sources)  # type: ignore[attr-defined]
     build = BuildInfo(__version__, opts.eager, gates, layout_digest(inp.image))
     return stale_reasons(table, inp.image, model=opts.model, forms=opts.forms, build=build, policy=opts.policy,

@@ -101,6 +101,35 @@ def selector_range(lo: int, hi: int, step: int = 8, rpl: int = 0) -> Domain:
     return Domain(2, vals, f"{lo:#x}..{hi:#x} step {step}" + (f" rpl {rpl}" if rpl else ""))
 
 
+def parse_selectors(text: str) -> Domain:
+    """A selector domain from text: comma-separated values and ranges, ``0x23``,
+    ``0x400-0xFFF`` (every 8th, from the first), ``0x403-0xFFF/8`` (an explicit step).
+
+    Raises ValueError with a message naming what is wrong."""
+    values: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        step = 8
+        if "/" in part:
+            part, st = part.split("/", 1)
+            step = int(st, 0)
+        try:
+            if "-" in part or ".." in part:
+                lo_t, hi_t = part.split("..", 1) if ".." in part else part.split("-", 1)
+                lo, hi = int(lo_t, 0), int(hi_t, 0)
+            else:
+                lo = hi = int(part, 0)
+        except ValueError:
+            raise ValueError(f"bad selector {part!r}: write values or ranges like 0x23,0x400-0xFFF/8") from None
+        if not (0 <= lo <= hi <= 0xFFFF) or step < 1:
+            raise ValueError(f"bad selector range {part!r}: selectors are 0..0xFFFF, low to high")
+        values.update(range(lo, hi + 1, step))
+    if not values:
+        raise ValueError("no selectors given")
+    return Domain(2, frozenset(values), text.replace(" ", ""))
+
+
 ANY32 = Domain(4)
 ANY16 = Domain(2)
 # RDOS driver and kernel code selectors: 0x400..0xFFF, GDT, RPL 0 (rdos kernel/driver.def).

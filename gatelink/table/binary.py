@@ -615,6 +615,12 @@ def _read(data: bytes, path: str) -> PatchTable:
             if j not in last and is_var(a) and var_field(a) != "gate":
                 raise bad(f"{where}: final byte {j} is a target byte no step writes")
         fields = {var_field(a) for a in final if is_var(a)} - {"gate"}
+        for k, st in enumerate(steps):
+            for a in st.data:
+                # A step writes the final value of a target byte (or a constant): a field the
+                # final template does not hold has no value to fill at patch time.
+                if is_var(a) and var_field(a) != "gate" and var_field(a) not in fields:
+                    raise bad(f"{where}: step {k} writes field {var_field(a)}, which its final template does not hold")
         slot = forms.index(form)
         for f in sorted(fields):
             if f not in slot_domains.get(slot, {}):

@@ -136,8 +136,15 @@ def _template(site: Site, form: str, model: FetchModel, policy: Policy,
     # (chunk boundaries, store alignment and line crossings all repeat every 64 bytes), so
     # one is made per (shape, form, bitness, address mod 64): a 4,000-site image needs a few
     # hundred, not one per site.
-    doms = tuple(sorted(domains.items())) if domains else ()
+    # Only the fields the form fills: a selector domain must not make a near-call plan look
+    # different from the one the plan library holds.
+    used = FORM_FIELDS.get(form, ())
+    doms = tuple(sorted((k, d) for k, d in domains.items() if k in used)) if domains else ()
     return _template_at(site.shape, site.bitness, site.address % LINE, form, model, policy, doms)
+
+
+# The template fields each final form fills at patch time.
+FORM_FIELDS = {"far": ("off", "sel"), "callgate": ("sel",), "near": ("rel",), "pushcs": ("rel",)}
 
 
 @functools.lru_cache(maxsize=16384)
