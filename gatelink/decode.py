@@ -228,7 +228,7 @@ class CodeDecoder:
     def walk(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, relocs: bytearray | None,
              reloc_starts: bytearray | None, imm_first: frozenset[int] | None,
              imm_out: list[int], calls: list[tuple[int, int]],
-             branches: list[int]) -> tuple[int, int, int, int | None]:
+             branches: list[int], external: list[tuple[int, int]]) -> tuple[int, int, int, int | None]:
         """Code discovery's hot loop: decode and mark instructions from ``pos`` while control
         falls through, until something needs a decision. Maps are indexed from the region
         start. ``stop[r]`` is nonzero where decoding must not simply go on: a byte a proven
@@ -236,9 +236,10 @@ class CodeDecoder:
         carries a sentinel there); ``ilen[r]`` marks proven starts. Each instruction decoded
         gets ``ilen[r] = length | tag``, and the run it decoded (one contiguous run of
         instructions, from ``pos`` to where it stops) is set in ``stop`` when it returns; a walk
-        only moves forward, so its own marks are never in its way. Direct call targets go to ``calls`` as (target, source) and conditional branch targets
-        to ``branches`` (targets outside the region are dropped); instructions whose first byte
-        is in ``imm_first`` go to ``imm_out``.
+        only moves forward, so its own marks are never in its way. Direct call targets go to
+        ``calls`` as (target, source) and conditional branch targets to ``branches``; branch,
+        call and jump targets outside the region go to ``external`` as (target address,
+        source); instructions whose first byte is in ``imm_first`` go to ``imm_out``.
 
         Returns ``(pos, status, length, target)``, the instruction at ``pos``:
 
@@ -253,8 +254,8 @@ class CodeDecoder:
         """
         if relocs is not None:
             assert reloc_starts is not None
-            return self._walk_relocated(pos, ilen, stop, tag, relocs, reloc_starts, calls, branches)
-        return self._walk_plain(pos, ilen, stop, tag, imm_first, imm_out, calls, branches)
+            return self._walk_relocated(pos, ilen, stop, tag, relocs, reloc_starts, calls, branches, external)
+        return self._walk_plain(pos, ilen, stop, tag, imm_first, imm_out, calls, branches, external)
 
     # The two loops below are one loop written twice (with and without relocations), because
     # per-instruction tests cost what the decoding costs. An instruction that runs past the
@@ -263,7 +264,7 @@ class CodeDecoder:
 
     def _walk_relocated(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, relocs: bytearray,
                         reloc_starts: bytearray, calls: list[tuple[int, int]],
-                        branches: list[int]) -> tuple[int, int, int, int | None]:
+                        branches: list[int], external: list[tuple[int, int]]) -> tuple[int, int, int, int | None]:
         d = self._dec
         ins = self._insn
         d.position = pos
@@ -306,21 +307,28 @@ class CodeDecoder:
                     t = ins.near_branch_target - delta
                     if s0 <= t < end:
                         branches.append(t)
+                    else:
+                        external.append((t + delta, pos))
                 elif k == 3:
                     t = ins.near_branch_target - delta
                     if s0 <= t < end:
                         calls.append((t, pos))
+                    else:
+                        external.append((t + delta, pos))
                 else:
                     stop[r0 : r + n] = b"\x01" * (r + n - r0)
                     if k == 4:
                         t = ins.near_branch_target - delta
-                        return pos, WALK_JUMP, n, t if s0 <= t < end else None
+                        if s0 <= t < end:
+                            return pos, WALK_JUMP, n, t
+                        external.append((t + delta, pos))
+                        return pos, WALK_JUMP, n, None
                     return pos, WALK_STOP, n, None
             pos += n
 
     def _walk_plain(self, pos: int, ilen: bytearray, stop: bytearray, tag: int, imm_first: frozenset[int] | None,
                     imm_out: list[int], calls: list[tuple[int, int]],
-                    branches: list[int]) -> tuple[int, int, int, int | None]:
+                    branches: list[int], external: list[tuple[int, int]]) -> tuple[int, int, int, int | None]:
         d = self._dec
         ins = self._insn
         d.position = pos
@@ -354,15 +362,22 @@ class CodeDecoder:
                     t = ins.near_branch_target - delta
                     if s0 <= t < end:
                         branches.append(t)
+                    else:
+                        external.append((t + delta, pos))
                 elif k == 3:
                     t = ins.near_branch_target - delta
                     if s0 <= t < end:
                         calls.append((t, pos))
+                    else:
+                        external.append((t + delta, pos))
                 else:
                     stop[r0 : r + n] = b"\x01" * (r + n - r0)
                     if k == 4:
                         t = ins.near_branch_target - delta
-                        return pos, WALK_JUMP, n, t if s0 <= t < end else None
+                        if s0 <= t < end:
+                            return pos, WALK_JUMP, n, t
+                        external.append((t + delta, pos))
+                        return pos, WALK_JUMP, n, None
                     return pos, WALK_STOP, n, None
             pos += n
 

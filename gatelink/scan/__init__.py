@@ -146,11 +146,12 @@ def scan(
     result.warnings.extend(image.warnings)
     if jobs is None:
         jobs = os.cpu_count() or 1
+    maps = _code_maps(image)
     for region in image.regions:
         if region.size == 0:
             continue
         if region.kind is RegionKind.CODE and region.bitness in (16, 32):
-            _scan_code(image, region, db, result, jobs)
+            _scan_code(image, region, db, result, jobs, cmap=maps.get(region.name))
         else:
             _scan_other(image, region, result)
         if progress is not None:
@@ -185,10 +186,11 @@ def verify_sites(image: Image, locations: Iterable[int], gates: GateDB | None = 
                                                f"the location is {where}"))
             continue
         by_region.setdefault(region.name, set()).add(off)
+    maps = _code_maps(image)
     for region in image.regions:
         only = by_region.get(region.name)
         if only:
-            _scan_code(image, region, db, result, 1, frozenset(only))
+            _scan_code(image, region, db, result, 1, frozenset(only), maps.get(region.name))
     sites = {s.file_offset for s in result.sites}
     result.near_misses = [n for n in result.near_misses if n.file_offset in set(wanted) and n.file_offset not in sites]
     explained = sites | {n.file_offset for n in result.near_misses}
@@ -231,7 +233,7 @@ CHUNK_BYTES = 16 << 20
 
 
 def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, jobs: int,
-               only: frozenset[int] | None = None) -> None:
+               only: frozenset[int] | None = None, cmap: CodeMap | None = None) -> None:
     hits = _cand.find(image.data, region.file_offset, region.end_offset)
     if only is not None:
         # verify_sites: the candidates with a reading that starts at a given location, and only
@@ -254,17 +256,20 @@ def _scan_code(image: Image, region: Region, db: GateDB, result: ScanResult, job
         shares[min(len(shares) - 1, done * len(shares) // max(1, total))].append(c)
         done += len(c)
     others = [s for s in shares[1:] if s]
-    forked = [_fork_share(image, region, db, share) for share in others]
-    outs = [_scan_chunk(image, region, db, c) for c in shares[0]]
+    forked = [_fork_share(image, region, db, share, cmap) for share in others]
+    outs = [_scan_chunk(image, region, db, c, cmap) for c in shares[0]]
     for (pid, fd), share in zip(forked, others):
-        outs.extend(_join_share(pid, fd) or [_scan_chunk(image, region, db, c) for c in share])
+        outs.extend(_join_share(pid, fd) or [_scan_chunk(image, region, db, c, cmap) for c in share])
+    if cmap is not None:
+        result.decoded_instructions += cmap.decoded
     for sites, near_misses, decoded in outs:
         result.sites.extend(sites)
         result.near_misses.extend(near_misses)
         result.decoded_instructions += decoded
 
 
-def _fork_share(image: Image, region: Region, db: GateDB, share: list[list[_cand.Hit]]) -> tuple[int, int]:
+def _fork_share(image: Image, region: Region, db: GateDB, share: list[list[_cand.Hit]],
+                cmap: CodeMap | None) -> tuple[int, int]:
     """Scan ``share`` in a forked child (the image is shared copy-on-write); its results come
     back pickled through a pipe. Returns (pid, read end)."""
     r, w = os.pipe()
@@ -273,7 +278,7 @@ def _fork_share(image: Image, region: Region, db: GateDB, share: list[list[_cand
         code = 0
         try:
             os.close(r)
-            payload = pickle.dumps([_scan_chunk(image, region, db, c) for c in share], pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps([_scan_chunk(image, region, db, c, cmap) for c in share], pickle.HIGHEST_PROTOCOL)
             with os.fdopen(w, "wb") as f:
                 f.write(payload)
         except BaseException:  # the parent redoes the share itself
@@ -295,20 +300,20 @@ def _join_share(pid: int, fd: int) -> list[_ChunkResult] | None:
     return out
 
 
-def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit]) -> _ChunkResult:
+def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit],
+                cmap: CodeMap | None = None) -> _ChunkResult:
     """Prove and classify one chunk's candidates (in address order): (sites, near misses,
-    instructions decoded)."""
+    instructions decoded). ``cmap``: the region's code discovery (small regions), which
+    decides where it knows; the sweep decides elsewhere."""
     data = image.data
     assert region.bitness is not None
     result = ScanResult(image=image)
-    dec = CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset, UD2_FORMS)
+    dec = cmap.dec if cmap is not None else \
+        CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset, UD2_FORMS)
 
     def read_table(addr: int, n: int) -> bytes:
         return _read_at(image, addr, n, region)
 
-    cmap = _code_map(image, region, dec, read_table) if region.size <= FULL_LIMIT else None
-    if cmap is not None:
-        result.decoded_instructions += cmap.decoded
     # Self-synchronisation assumes code without data between functions: compiled PE code.
     # Drivers and kernels keep strings and tables in their code segments.
     sweep = Sweep(dec, region.anchors, read_table, self_sync=image.format == "pe32")
@@ -344,6 +349,39 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit])
                 verdict = again[0]
             _classify(image, region, dec, None, hit, inside, verdict, db, result, cmap)
     return result.sites, result.near_misses, result.decoded_instructions
+
+
+def _code_maps(image: Image) -> dict[str, CodeMap]:
+    """Code discovery for every code region up to ``FULL_LIMIT``, with direct branches and
+    calls from one region into another followed (a PE may jump between code sections, as
+    ``gatelink pad`` does into its slots): each target is descended in its region at the level
+    of the code that branches there, until no region finds a new one."""
+    maps: dict[str, CodeMap] = {}
+    regions = [r for r in image.code_regions if r.bitness in (16, 32) and 0 < r.size <= FULL_LIMIT]
+    for region in regions:
+        dec = CodeDecoder(image.data, region.bitness or 32, region.address, region.file_offset, region.end_offset,
+                          UD2_FORMS)
+
+        def read_table(addr: int, n: int, region: Region = region) -> bytes:
+            return _read_at(image, addr, n, region)
+
+        maps[region.name] = _code_map(image, region, dec, read_table)
+    if len(maps) > 1:
+        by_addr = sorted((r.address, r.address + r.size, r) for r in regions)
+        moved = True
+        while moved:
+            moved = False
+            for region in regions:
+                cmap = maps[region.name]
+                pending, cmap.external = cmap.external, []
+                for address, src, level in pending:
+                    dest = next((r for lo, hi, r in by_addr if lo <= address < hi and r is not region), None)
+                    if dest is None or dest.bitness != region.bitness:
+                        continue  # a branch outside every region, or into code of another bitness
+                    maps[dest.name].seed(dest.file_offset + (address - dest.address), level,
+                                         f"branch at {region.address_of(src):#x} in {region.name}")
+                    moved = True
+    return maps
 
 
 def _code_map(image: Image, region: Region, dec: CodeDecoder, read_table: Callable[[int, int], bytes]) -> CodeMap:

@@ -143,6 +143,9 @@ class CodeMap:
         self.tables: list[tuple[int, int, str]] = []  # (start, end, why): jump tables found
         self.gaps: dict[tuple[int, int], _GapStream] = {}  # linear decodes of unreached gaps
         self._imm_candidates: dict[int, str] = {}
+        # Direct branch and call targets in other regions: (address, source offset, level), for
+        # the scanner to hand to the map of the region holding them.
+        self.external: list[tuple[int, int, int]] = []
         self._pending: list[tuple[int, int, object]] = []  # (offset, level, why) worklist
         self._probes: list[tuple[int, str]] = []  # entries of unbounded tables: each needs a trial
         self._seed_strong(anchors)
@@ -173,6 +176,14 @@ class CodeMap:
                 self._drain()
         self._immediates_to_fixpoint()
         return self
+
+    def seed(self, off: int, level: int, why: str) -> None:
+        """A start proven elsewhere (a branch from another code region): descend from it, then
+        follow what it leads to as :meth:`run` does."""
+        if self.start <= off < self.end:
+            self._pending.append((off, level, why))
+            self._drain()
+            self._immediates_to_fixpoint()
 
     def _immediates_to_fixpoint(self) -> None:
         while self._imm_candidates:
@@ -262,6 +273,7 @@ class CodeMap:
         tag = level << 4
         imm_out: list[int] = []
         calls: list[tuple[int, int]] = []
+        external: list[tuple[int, int]] = []
         tables: list[tuple[int, int, str]] = []
         rmap = self.reloc_map if self.relocs else None
         rstarts = self.reloc_starts if self.relocs else None
@@ -273,7 +285,7 @@ class CodeMap:
             pos = work.pop()
             while True:
                 at = pos
-                pos, st, n, tgt = walk(pos, ilen, stop, tag, rmap, rstarts, imm_first, imm_out, calls, work)
+                pos, st, n, tgt = walk(pos, ilen, stop, tag, rmap, rstarts, imm_first, imm_out, calls, work, external)
                 self.decoded += 1
                 r = pos - s0
                 if st == WALK_JUMP or st == WALK_STOP:
@@ -363,6 +375,8 @@ class CodeMap:
         if imm_first is not None:
             for p in imm_out:
                 self._immediate(p)
+        if external:
+            self.external.extend((a, src, level) for a, src in external)
         return calls, tables
 
     def _drop_last(self, at: int, pos: int, spans: list[tuple[int, int]]) -> None:
