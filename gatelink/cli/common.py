@@ -28,6 +28,8 @@ app = typer.Typer(
     help="Find RDOS gate stubs in x86 binaries and plan provably safe SMP patches for them.",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped source text: let help reflow their paragraphs.
+    rich_markup_mode="markdown",
 )
 
 
