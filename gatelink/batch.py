@@ -233,6 +233,7 @@ class _Job:
     derive: Derive | None
     derive_key: str
     jobs: int  # the scanner's own processes, for a file scanned in this process
+    lean: bool = False  # workers send results without sites and near misses (derive has them)
 
 
 _W_JOB: _Job | None = None
@@ -281,7 +282,12 @@ def _work(item: tuple[int, str]) -> tuple[int, str, object]:
         return i, "input", (e.path, e.problem)
     except UsageError as e:
         return i, "usage", str(e)
-    bare = _detach(res, keep_data=True)
+    bare = _detach(res, keep_data=not job.lean)
+    if job.lean:
+        # The caller needs only what derive made from the sites (and the warnings): do not ship
+        # the sites, near misses and file bytes back (for a large batch, unpickling them is most
+        # of what the parent does).
+        bare = dataclasses.replace(bare, sites=[], near_misses=[])
     return i, "ok", (bare, _swap_scan(derived, res, bare))
 
 
@@ -294,10 +300,13 @@ def map_files(
     jobs: int | None = None,
     cache: ScanCache | str | os.PathLike[str] | None = None,
     progress: Callable[[], None] | None = None,
+    lean: bool = False,
 ) -> list[tuple[ScanResult, object] | InputError]:
     """Scan every file of ``paths`` and apply ``derive`` to each scan (in the worker that
     scanned it); the result for each file, in the order given, is ``(scan result, derived)``
-    (derived None without ``derive``) or the :class:`InputError` it gave.
+    (derived None without ``derive``) or the :class:`InputError` it gave. ``lean``: the
+    caller needs only the derived results and the scans' warnings, so a scan made in a worker
+    process may come back without its sites and near misses.
 
     ``derive_key`` names what ``derive`` depends on besides the scan (its settings); with a
     cache, derived results are kept too, under the scan's key, ``derive_key`` and the package's
@@ -317,7 +326,7 @@ def map_files(
         raise UsageError(f"jobs must be 1 or more, not {n_jobs}")
     if derive is not None and store is not None and not derive_key:
         raise UsageError("a cached derived result needs a derive_key naming its settings")
-    job = _Job(db, options, store, derive, derive_key if derive is not None else "", n_jobs)
+    job = _Job(db, options, store, derive, derive_key if derive is not None else "", n_jobs, lean and derive is not None)
     spaths = [os.fspath(p) for p in paths]
     out: list[tuple[ScanResult, object] | InputError | None] = [None] * len(spaths)
     usage: dict[int, str] = {}

@@ -47,9 +47,12 @@ _STRING_IO_MNEMONICS = {_M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _FAR_CODES = {_C.CALL_PTR1616, _C.CALL_PTR1632, _C.JMP_PTR1616, _C.JMP_PTR1632}
 # The same by instruction code, for the hot loops (one set lookup per instruction): codes that
 # need a second look there (data-like mnemonics, string I/O, ``00 /r``, UD2).
-_ALL_CODES = [getattr(_C, n) for n in dir(_C) if n.isupper()]
-_DATA_LIKE_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _DATA_LIKE_MNEMONICS)
-_STRING_IO_CODES = frozenset(c for c in _ALL_CODES if _ix.OpCodeInfo(c).mnemonic in _STRING_IO_MNEMONICS)
+# Every instruction code by name, built once (import time is paid by every command).
+_CODE_NAMES = {getattr(_C, n): n for n in dir(_C) if n.isupper()}
+_ALL_CODES = list(_CODE_NAMES)
+_MNEMONIC_OF = {c: _ix.OpCodeInfo(c).mnemonic for c in _ALL_CODES}
+_DATA_LIKE_CODES = frozenset(c for c, m in _MNEMONIC_OF.items() if m in _DATA_LIKE_MNEMONICS)
+_STRING_IO_CODES = frozenset(c for c, m in _MNEMONIC_OF.items() if m in _STRING_IO_MNEMONICS)
 _LOOK_TWICE = _DATA_LIKE_CODES | _STRING_IO_CODES | {_C.ADD_RM8_R8, _C.UD2}
 _SPECIAL = _LOOK_TWICE | {_C.INVALID}  # what CodeDecoder.walk leaves to step()
 
@@ -64,7 +67,7 @@ def _walk_kinds() -> bytes:
             kinds[c] = 1
             continue
         fc = _ix.Instruction.create(c).flow_control
-        name = _CODE_NAMES_EARLY.get(c, "")
+        name = _CODE_NAMES.get(c, "")
         if fc == _FC.NEXT or fc == _FC.INDIRECT_CALL:
             k = 0
         elif fc == _FC.CONDITIONAL_BRANCH:
@@ -81,7 +84,6 @@ def _walk_kinds() -> bytes:
     return bytes(kinds)
 
 
-_CODE_NAMES_EARLY = {getattr(_C, n): n for n in dir(_C) if n.isupper()}
 _WALK_KIND = _walk_kinds()
 
 
@@ -763,7 +765,6 @@ def _stack_opsize(code: int, reg: str) -> int:
     return 32
 
 
-_CODE_NAMES = {getattr(_C, n): n for n in dir(_C) if n.isupper()}
 _REG_NAMES = {getattr(_ix.Register, n): n.lower() for n in dir(_ix.Register) if n.isupper()}
 
 

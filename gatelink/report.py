@@ -44,26 +44,29 @@ def _image_json(img: Image) -> dict[str, object]:
     }
 
 
-def scan_json(results: Sequence[ScanResult], failures: Sequence[InputFailure], db: GateDB) -> str:
-    doc = {
-        "gatelink": __version__,
-        "schema": JSON_SCHEMA_VERSION,
-        "gate_database": db.describe(),
-        "inputs": [
-            {
-                "path": r.image.path,
-                "format": r.image.format,
-                **_image_json(r.image),
-                "warnings": r.warnings,
-                "summary": r.summary(),
-                "sites": [s.to_json() for s in r.sites],
-                "near_misses": [n.to_json() for n in r.near_misses],
-            }
-            for r in results
-        ],
-        "errors": [{"path": f.path, "error": f.error} for f in failures],
-    }
-    return _dumps(doc) + "\n"
+def scan_json(results: Sequence[ScanResult], failures: Sequence[InputFailure], db: GateDB,
+              rendered: Sequence[str] | None = None) -> str:
+    """The JSON report. ``rendered``: each result's entry already made by
+    :func:`scan_json_input` (a batch renders them in its worker processes)."""
+    entries = list(rendered) if rendered is not None else [scan_json_input(r) for r in results]
+    head = {"gatelink": __version__, "schema": JSON_SCHEMA_VERSION, "gate_database": db.describe()}
+    out = "{\n" + "".join(f" {json.dumps(k)}: {_dumps(v, 1)},\n" for k, v in head.items())
+    out += ' "inputs": ' + ("[\n" + ",\n".join("  " + e for e in entries) + "\n ]" if entries else "[]") + ",\n"
+    out += ' "errors": ' + _dumps([{"path": f.path, "error": f.error} for f in failures], 1) + "\n}"
+    return out + "\n"
+
+
+def scan_json_input(r: ScanResult) -> str:
+    """One input's entry of the JSON report, as it appears inside ``"inputs"``."""
+    return _dumps({
+        "path": r.image.path,
+        "format": r.image.format,
+        **_image_json(r.image),
+        "warnings": r.warnings,
+        "summary": r.summary(),
+        "sites": [s.to_json() for s in r.sites],
+        "near_misses": [n.to_json() for n in r.near_misses],
+    }, 2)
 
 
 def _record_encoder() -> Callable[[object], str]:

@@ -144,7 +144,7 @@ def _versions() -> tuple[str, ...]:
 
 def scan_inputs(files: list[Path], db: GateDB, in_fmt: str | None, raw: RawOptions | None, jobs: Optional[int],
                 cache: Optional[Path], what: str = "scanning", derive: Callable[[ScanResult], object] | None = None,
-                derive_key: str = "", diag: Callable[[str], None] = _err,
+                derive_key: str = "", diag: Callable[[str], None] = _err, lean: bool = False,
                 ) -> tuple[list[tuple[ScanResult, object]], list[tuple[str, str]]]:
     """Scan ``files`` (a process pool for several, the cache if given), applying ``derive`` to
     each scan in the worker that made it; report each file's error or warnings in input order
@@ -158,7 +158,7 @@ def scan_inputs(files: list[Path], db: GateDB, in_fmt: str | None, raw: RawOptio
     try:
         outs = map_files([str(f) for f in files], derive, derive_key, db,
                          ScanOptions(None if in_fmt == "raw" else in_fmt, raw), jobs=jobs, cache=store,
-                         progress=progress.step if progress else None)
+                         progress=progress.step if progress else None, lean=lean)
     finally:
         if progress:
             progress.close()

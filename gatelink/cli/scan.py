@@ -67,16 +67,28 @@ def scan_cmd(
         code = memo.replay(output)
         if code is not None:
             raise typer.Exit(code)
-    from ..report import InputFailure, scan_csv, scan_json, scan_text  # (rich, the scanner: not for a replay)
+    from ..report import (  # (rich, the scanner: not for a replay)
+        JSON_SCHEMA_VERSION,
+        InputFailure,
+        scan_csv,
+        scan_json,
+        scan_json_input,
+        scan_text,
+    )
 
     diag = Diagnostics()
     for w in db.warnings:
         diag(f"warning: {w}")
-    pairs, failed = scan_inputs(files, db, in_fmt, raw_opts, jobs, cache, diag=diag)
+    if out_fmt == "json":
+        # Each input's JSON is made by the worker that scanned it: the parent only joins them.
+        pairs, failed = scan_inputs(files, db, in_fmt, raw_opts, jobs, cache, diag=diag,
+                                    derive=scan_json_input, derive_key=f"scan-json-{JSON_SCHEMA_VERSION}", lean=True)
+    else:
+        pairs, failed = scan_inputs(files, db, in_fmt, raw_opts, jobs, cache, diag=diag)
     results = [res for res, _ in pairs]
     failures = [InputFailure(p, problem) for p, problem in failed]
     if out_fmt == "json":
-        text = scan_json(results, failures, db)
+        text = scan_json(results, failures, db, rendered=[str(d) for _, d in pairs])
     elif out_fmt == "csv":
         text = scan_csv(results, all_)
     else:
