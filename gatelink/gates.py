@@ -115,6 +115,15 @@ def _bundled_parsed() -> tuple[tuple[Gate, ...], tuple[str, ...], str]:
     return tuple(gates), tuple(warnings), _digest(raw)
 
 
+def identity(paths: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``path:version`` of each source :func:`load` would use, as a table records them; for the
+    bundled list alone without parsing it (``gatelink table --check`` answers from this)."""
+    if not paths:
+        raw = resources.files("gatelink").joinpath("data/rdos-gates.csv").read_bytes()
+        return (f"bundled:{_digest(raw)}",)
+    return tuple(f"{s.path}:{s.version}" for s in load(paths).sources)
+
+
 def load(paths: list[str] | tuple[str, ...] = (), use_bundled: bool = True) -> GateDB:
     """The bundled list (unless ``use_bundled`` is False) overlaid with each file in ``paths``."""
     db = bundled() if use_bundled else GateDB()
