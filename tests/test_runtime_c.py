@@ -349,10 +349,10 @@ def _table_bytes(src: Path, tmp: Path) -> bytes:
 
 
 def test_a_step_needing_a_field_its_form_lacks_is_refused(driver: Path, tmp_path: Path) -> None:
-    """gatelink's reader checks only the final template's fields against the slot's domains; a
-    step may still name a field the form's target cannot give (``off`` in a near plan). The C
-    runtime refuses such a site at bind time (it stays a stub: FOREIGN) instead of filling
-    garbage."""
+    """A step that names a field the plan's final template does not hold (``off`` in a near
+    plan) has no value to fill: gatelink's reader refuses the table, and the C runtime, which a
+    kernel may give any table, refuses such a site at bind time (it stays a stub: FOREIGN)
+    instead of filling garbage."""
     import dataclasses
 
     from gatelink.plan.model import var
@@ -375,7 +375,8 @@ def test_a_step_needing_a_field_its_form_lacks_is_refused(driver: Path, tmp_path
         steps = list(p.steps)
         steps[w[0]] = PlanStep(first.offset, tuple(data))
         t2 = dataclasses.replace(t, plans=t.plans[:pi] + [dataclasses.replace(p, steps=tuple(steps))] + t.plans[pi + 1:])
-        read_table(write_table(t2))  # gatelink's reader accepts it
+        with pytest.raises(TableError, match="writes field off"):
+            read_table(write_table(t2))
         tf, i, g = _files(tmp_path, t2, img.data)
         (tmp_path / "script").write_text("")
         r = _run([str(driver), "lazy", str(tf), str(i), str(g), str(tmp_path / "script"), str(tmp_path / "o")])
