@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import hashlib
 import io
 import os
@@ -389,6 +390,14 @@ def _pool(paths: list[str], todo: list[int], job: _Job, workers: int,
     # Largest first: the long jobs start early and the short ones fill the gaps.
     order = sorted(todo, key=lambda i: (-size(paths[i]), i))
     ctx = multiprocessing.get_context("fork")
+    # What every worker needs is imported once, here, before the fork (each worker would import
+    # it again otherwise); objects alive then are shared copy-on-write with the workers: keep
+    # the collector from touching them there (every page it walks is copied into each worker).
+    import importlib
+
+    for name in (".formats", ".scan", ".scan.discover"):
+        importlib.import_module(name, __package__)
+    gc.freeze()
     try:
         with ctx.Pool(workers) as pool:
             for i, kind, payload in pool.imap_unordered(_work, [(i, paths[i]) for i in order]):
@@ -405,6 +414,7 @@ def _pool(paths: list[str], todo: list[int], job: _Job, workers: int,
                     progress()
     finally:
         _W_JOB = None
+        gc.unfreeze()
 
 
 __all__ = ["CACHE_FORMAT", "ScanCache", "ScanOptions", "code_fingerprint", "dist_stamp", "map_files", "package_fingerprint",
