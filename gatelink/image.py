@@ -180,3 +180,12 @@ class Image:
 
     def region_bytes(self, region: Region) -> memoryview:
         return memoryview(self.data)[region.file_offset : region.end_offset]
+
+    def read_at(self, address: int, n: int, prefer: Region | None = None) -> bytes:
+        """Up to ``n`` file bytes at a load address, from ``prefer`` or the first region mapping
+        it (a jump table may sit in another section); empty if no region maps it."""
+        for r in ([prefer] if prefer is not None else []) + self.regions:
+            if r.address <= address < r.address + r.size:
+                off = r.file_offset + (address - r.address)
+                return self.data[off : min(off + n, r.end_offset)]
+        return b""

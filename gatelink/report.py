@@ -9,8 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
-from itertools import chain
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -19,6 +18,7 @@ from rich.table import Table
 from . import __version__
 from .gates import GateDB
 from .image import Image
+from .jsonfmt import dumps
 from .scan import ScanResult
 
 JSON_SCHEMA_VERSION = 1
@@ -50,15 +50,15 @@ def scan_json(results: Sequence[ScanResult], failures: Sequence[InputFailure], d
     :func:`scan_json_input` (a batch renders them in its worker processes)."""
     entries = list(rendered) if rendered is not None else [scan_json_input(r) for r in results]
     head = {"gatelink": __version__, "schema": JSON_SCHEMA_VERSION, "gate_database": db.describe()}
-    out = "{\n" + "".join(f" {json.dumps(k)}: {_dumps(v, 1)},\n" for k, v in head.items())
+    out = "{\n" + "".join(f" {json.dumps(k)}: {dumps(v, 1)},\n" for k, v in head.items())
     out += ' "inputs": ' + ("[\n" + ",\n".join("  " + e for e in entries) + "\n ]" if entries else "[]") + ",\n"
-    out += ' "errors": ' + _dumps([{"path": f.path, "error": f.error} for f in failures], 1) + "\n}"
+    out += ' "errors": ' + dumps([{"path": f.path, "error": f.error} for f in failures], 1) + "\n}"
     return out + "\n"
 
 
 def scan_json_input(r: ScanResult) -> str:
     """One input's entry of the JSON report, as it appears inside ``"inputs"``."""
-    return _dumps({
+    return dumps({
         "path": r.image.path,
         "format": r.image.format,
         **_image_json(r.image),
@@ -67,47 +67,6 @@ def scan_json_input(r: ScanResult) -> str:
         "sites": [s.to_json() for s in r.sites],
         "near_misses": [n.to_json() for n in r.near_misses],
     }, 2)
-
-
-def _record_encoder() -> Callable[[object], str]:
-    """``json.dumps(o, separators=(", ", ": "))``, with one C encoder made once for every record
-    (``JSONEncoder.encode`` makes a new one per call, which costs more than encoding a site)."""
-    try:
-        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - no C accelerator
-        c_make_encoder = None
-    if c_make_encoder is None:  # pragma: no cover
-        return json.JSONEncoder(separators=(", ", ": ")).encode
-    enc = c_make_encoder(None, None, encode_basestring_ascii, None, ": ", ", ", False, False, True)
-    return lambda o: "".join(enc(o, 0))
-
-
-_RECORD = _record_encoder()
-
-
-def _flat_records(doc: list[object]) -> bool:
-    """A non-empty list of dicts whose values hold no dict or list (checked with C iteration:
-    a large scan has a million values)."""
-    if not doc or not all(type(x) is dict for x in doc):
-        return False
-    types = set(map(type, chain.from_iterable(map(dict.values, doc))))  # type: ignore[arg-type]
-    return not any(issubclass(t, (dict, list)) for t in types)
-
-
-def _dumps(doc: object, depth: int = 0) -> str:
-    """JSON indented by structure, with each site and near miss on a line of its own: readable,
-    grep-friendly, and fast (records go through the C encoder; indent=... would not)."""
-    pad = " " * (depth + 1)
-    if isinstance(doc, dict):
-        if not doc:
-            return "{}"
-        items = [f"{pad}{json.dumps(k)}: {_dumps(v, depth + 1)}" for k, v in doc.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
-    if isinstance(doc, list) and _flat_records(doc):
-        return "[\n" + ",\n".join(pad + _RECORD(x) for x in doc) + "\n" + " " * depth + "]"
-    if isinstance(doc, list) and any(isinstance(x, (dict, list)) for x in doc):
-        return "[\n" + ",\n".join(pad + _dumps(x, depth + 1) for x in doc) + "\n" + " " * depth + "]"
-    return _RECORD(doc)
 
 
 CSV_COLUMNS = (

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .common import EXIT_UNSAFE, _err, _parse_int, _policy, app, write_output
+from .batchopts import check_jobs, raw_options
+from .common import EXIT_UNSAFE, _err, _policy, app, write_output
 
 REPORT_FORMATS = ("text", "json")
 
@@ -61,15 +62,8 @@ def pad_cmd(
     for f in forms:
         if f not in FORMS or f == "undefined":
             raise UsageError(f"unknown --form {f!r}: choose far, callgate, near or pushcs")
-    raw_opts = None
-    if raw:
-        if bitness not in (16, 32):
-            raise UsageError("--raw needs --bitness 16 or 32")
-        raw_opts = _formats.RawOptions(bitness, _parse_int(base, "--base") if base is not None else 0)
-    elif bitness is not None or base is not None:
-        raise UsageError("--bitness and --base apply to raw images only (add --raw)")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+    raw_opts = raw_options(raw, bitness, base)
+    check_jobs(jobs)
     db = load_gates([str(g) for g in gates])
     for w in db.warnings:
         _err(f"warning: {w}")

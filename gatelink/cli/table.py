@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_INPUT, InputError, UsageError
-from .common import _err, _parse_int, _policy, app
+from .batchopts import check_jobs, raw_options
+from .common import _err, _policy, app
 
 EXIT_STALE = 1
 TABLE_FORMATS = ("binary", "json")
@@ -77,7 +78,6 @@ def table_cmd(
     """Write the patch table of each FILE: every gate site with its proven plan templates,
     eager or lazy, for a loader or fault handler. Exit 0 done (or up to date), 1 stale
     (--check), 2 usage, 3 bad input or table."""
-    from .. import formats as _formats
     from ..gates import load as load_gates
     from ..plan.model import FetchModel
 
@@ -108,15 +108,8 @@ def table_cmd(
     except ValueError as e:
         raise UsageError(str(e)) from None
     pol = _policy(policy)
-    raw_opts = None
-    if raw:
-        if bitness not in (16, 32):
-            raise UsageError("--raw needs --bitness 16 or 32")
-        raw_opts = _formats.RawOptions(bitness, _parse_int(base, "--base") if base is not None else 0)
-    elif bitness is not None or base is not None:
-        raise UsageError("--bitness and --base apply to raw images only (add --raw)")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+    raw_opts = raw_options(raw, bitness, base)
+    check_jobs(jobs)
     domains = None
     if selectors is not None:
         from ..plan.model import parse_selectors

@@ -386,7 +386,7 @@ def _tables(image: Image, region: Region, dec: CodeDecoder) -> list[tuple[int, i
             if (taddr, size) in seen:
                 continue
             seen.add((taddr, size))
-            raw = _read_at(image, taddr, size * min(count or MAX_TABLE, MAX_TABLE), region)
+            raw = image.read_at(taddr, size * min(count or MAX_TABLE, MAX_TABLE), region)
             entries = []
             for i in range(0, len(raw) - size + 1, size):
                 off = dec.offset_of(int.from_bytes(raw[i : i + size], "little"))
@@ -395,15 +395,6 @@ def _tables(image: Image, region: Region, dec: CodeDecoder) -> list[tuple[int, i
                 entries.append(off)
             out.append((q, taddr, size, entries, count is not None))
     return out
-
-
-def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
-    """File bytes at a load address (a jump table may sit in another section)."""
-    for r in [prefer, *image.regions]:
-        if r.address <= addr < r.address + r.size:
-            off = r.file_offset + (addr - r.address)
-            return image.data[off : min(off + n, r.end_offset)]
-    return b""
 
 
 def _relocation_refs(image: Image, sites: Sequence[Site]) -> Iterable[tuple[int, Reference]]:
@@ -429,7 +420,7 @@ def _relocation_refs(image: Image, sites: Sequence[Site]) -> Iterable[tuple[int,
             if site is not None:
                 yield site, Reference(a + k, RELOCATION, a, f"the loader relocates the dword at {a:#x}")
                 break
-        raw = _read_at(image, a, 4, image.regions[0]) if image.regions else b""
+        raw = image.read_at(a, 4, image.regions[0]) if image.regions else b""
         if len(raw) == 4:
             v = int.from_bytes(raw, "little")
             site = holding(v, lo_open=True)

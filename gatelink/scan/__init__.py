@@ -312,7 +312,7 @@ def _scan_chunk(image: Image, region: Region, db: GateDB, hits: list[_cand.Hit],
         CodeDecoder(data, region.bitness, region.address, region.file_offset, region.end_offset, UD2_FORMS)
 
     def read_table(addr: int, n: int) -> bytes:
-        return _read_at(image, addr, n, region)
+        return image.read_at(addr, n, region)
 
     # Self-synchronisation assumes code without data between functions: compiled PE code.
     # Drivers and kernels keep strings and tables in their code segments.
@@ -363,7 +363,7 @@ def _code_maps(image: Image) -> dict[str, CodeMap]:
                           UD2_FORMS)
 
         def read_table(addr: int, n: int, region: Region = region) -> bytes:
-            return _read_at(image, addr, n, region)
+            return image.read_at(addr, n, region)
 
         maps[region.name] = _code_map(image, region, dec, read_table)
     if len(maps) > 1:
@@ -422,15 +422,6 @@ def _from_map(cmap: CodeMap, lo: int, hi: int) -> Verdict | None:
     if t is not None:
         return Verdict(None, None, False, "", f"inside a jump table at {cmap.dec.address(t[0]):#x} ({t[2]})")
     return None
-
-
-def _read_at(image: Image, addr: int, n: int, prefer: Region) -> bytes:
-    """File bytes at a load address (jump tables may live in another section)."""
-    for r in [prefer, *image.regions]:
-        if r.address <= addr < r.address + r.size:
-            off = r.file_offset + (addr - r.address)
-            return image.data[off : min(off + n, r.end_offset)]
-    return b""
 
 
 def _classify(
