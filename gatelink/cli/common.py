@@ -101,26 +101,3 @@ def _width() -> int:
         except OSError:
             pass
     return 120
-
-
-class _Progress:
-    """A rich progress bar on stderr, only used when stderr is a terminal."""
-
-    def __init__(self, files: int) -> None:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self._p = Progress(console=Console(stderr=True), transient=True)
-        self._p.start()
-        self._task = self._p.add_task("scanning", total=files)
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def next_file(self) -> None:
-        self._p.advance(self._task)
-
-    def close(self) -> None:
-        self._p.stop()
-
-
