@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ..plan.model import Domain
 
 from ..errors import EXIT_INPUT, InputError, UsageError
 from .batchopts import check_jobs, raw_options
@@ -157,7 +160,7 @@ def table_cmd(
 class _Options:
     def __init__(self, model: object, forms: tuple[str, ...], eager: str, policy: object, fmt: str, c: bool,
                  asm: bool, symbol: str, embed: bool, output: Path | None, db: object, jobs: int | None,
-                 domains: dict[str, object] | None = None) -> None:
+                 domains: dict[str, Domain] | None = None) -> None:
         self.model, self.forms, self.eager, self.policy = model, forms, eager, policy
         self.fmt, self.c, self.asm, self.symbol, self.embed, self.output = fmt, c, asm, symbol, embed, output
         self.db, self.jobs, self.domains = db, jobs, domains
@@ -243,8 +246,9 @@ def _check_one(inp: _Input, opts: _Options) -> list[str]:
             table = read_json(data, tpath)
         else:
             table = read_table(data, tpath)
-    domains = form_domains(opts.forms, opts.domains)  # type: ignore[arg-type]
+    domains = form_domains(opts.forms, opts.domains)
     gates = opts.db  # the gate lists' identity (see table_cmd)
+    assert isinstance(gates, tuple)
     build = BuildInfo(__version__, opts.eager, gates, layout_digest(inp.image))
     return stale_reasons(table, inp.image, model=opts.model, forms=opts.forms, build=build, policy=opts.policy,
                          domains=domains)
