@@ -1003,7 +1003,6 @@ def build(size_mib: float = 64, stubs: int = 4000, decoys: int | None = None, se
         per_unit_d[i * nplant // max(1, decoys)].append(item)
     stems = [write_unit(calib + k, per_unit_s[k], per_unit_d[k]) for k in range(nplant)]
     (src / "main.c").write_text("int main(void) { return 0; }\n")
-    t1 = time.perf_counter()
     objs += compile_all(stems + ["main"])
     code = sum(sz for _, sz in objs)
     while code < target:

@@ -133,7 +133,8 @@ assert not [m for m in heavy if m in sys.modules], sorted(m for m in heavy if m 
 from gatelink.cli import main
 assert main(["--version"]) == 0
 loaded = [m for m in heavy if m in sys.modules] + [m for m in sys.modules if m.startswith("gatelink.cli.")
-                                                     and m != "gatelink.cli.common"]
+                                                     and m not in ("gatelink.cli.common", "gatelink.cli.run",
+                                                                   "gatelink.cli.quick")]
 assert not loaded, loaded
 main(["scan", "--help"])
 assert "gatelink.cli.scan" in sys.modules and "gatelink.cli.audit" not in sys.modules

@@ -1,6 +1,5 @@
 """Scanner behaviour on small images assembled here, one situation per test."""
 
-import pytest
 
 from conftest import asm
 from gatelink import RawOptions, open_image, scan

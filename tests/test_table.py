@@ -53,6 +53,11 @@ def _raw_args(p: Path) -> list[str]:
     return ["--raw", "--bitness", str(o.bitness)] if o else []
 
 
+def _unstamped(t: PatchTable) -> PatchTable:
+    """``t`` without the stamp ``gatelink table`` adds (a library-built table has none)."""
+    return dataclasses.replace(t, build=dataclasses.replace(t.build, stamp=""))
+
+
 @cache
 def _table(name: str, forms: tuple[str, ...] = ("far",), eager: str = "certain") -> PatchTable:
     p = next(f for f in ALL_FIXTURES if f.name == name)
@@ -164,7 +169,8 @@ def test_deterministic_across_processes(tmp_path: Path) -> None:
                        check=True, env=env, capture_output=True, cwd=ROOT)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
-    assert outs[0] == write_table(_table("stubs_asm.exe", ("far", "near")))
+    assert read_table(outs[0]).build.stamp  # the command stamps its tables (gatelink.cli.quick)
+    assert write_table(_unstamped(read_table(outs[0]))) == write_table(_table("stubs_asm.exe", ("far", "near")))
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -256,6 +262,93 @@ def test_check_identity_api(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The quick path of --check (gatelink/cli/quick.py): "fresh" from the stamp, nothing else
+
+
+QUICK_OPTS = ["--model", "16,arbitrary", "--form", "far,near", "--eager", "all", "--policy", "rdos",
+              "--selectors", "0x23, 0x400-0xFFF/8"]
+
+
+def _stamped(tmp_path: Path, *opts: str) -> tuple[Path, Path]:
+    f = tmp_path / "stubs_asm.exe"
+    shutil.copy(FIXTURES / "pe" / "stubs_asm.exe", f)
+    assert run_cli("table", *opts, str(f))[0] == 0
+    return f, tmp_path / "stubs_asm.exe.gltab"
+
+
+def test_quick_check_answers_fresh_without_typer(tmp_path: Path) -> None:
+    """A current table is answered by the quick path: exit 0 with neither typer nor any of
+    gatelink's scan, format or table modules imported, for default and non-default options."""
+    gates = tmp_path / "user.def"
+    gates.write_text("my_gate_nr = 17\n")
+    for opts in ([], QUICK_OPTS + ["--gates", str(gates), "--jobs", "1"]):
+        f, tab = _stamped(tmp_path, *opts)
+        first = tab.read_bytes()
+        assert run_cli("table", *opts, str(f))[0] == 0 and tab.read_bytes() == first  # deterministic
+        assert json.loads(first[struct.unpack_from("<I", first, 128)[0]:])["stamp"]
+        code = f"""
+import sys
+from gatelink.cli import main
+rc = main({["table", "--check", *opts, str(f)]!r})
+heavy = sorted(m for m in sys.modules if m in ("typer", "click", "rich", "pefile", "capstone", "iced_x86")
+               or m.startswith(("gatelink.table", "gatelink.scan", "gatelink.formats", "gatelink.cli.run")))
+print(rc, heavy)
+"""
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == "0 []", (opts, r.stdout, r.stderr)
+
+
+def test_quick_check_never_answers_anything_but_fresh(tmp_path: Path) -> None:
+    """Everything the quick path cannot prove fresh goes to the full --check (quick_main gives
+    None), which then decides: other options, a changed binary, a changed gate list, a table
+    edited after it was written (CRC fixed up), a table without a stamp, unhandled options."""
+    from gatelink.cli.quick import quick_main
+
+    gates = tmp_path / "user.def"
+    gates.write_text("my_gate_nr = 17\n")
+    opts = QUICK_OPTS + ["--gates", str(gates)]
+    f, tab = _stamped(tmp_path, *opts)
+    good = tab.read_bytes()
+    assert quick_main(["table", "--check", *opts, str(f)]) == 0
+    assert quick_main(["table", *opts, "--check", "--output=" + str(tab), str(f)]) == 0  # spellings
+    # Any option differing, including the gate list's content and the forms' order.
+    for i in range(0, len(QUICK_OPTS), 2):
+        for other in ("8,arbitrary", "near,far", "certain", "strict", "0x23"):
+            changed = list(opts)
+            changed[i + 1] = other
+            if changed != opts:
+                assert quick_main(["table", "--check", *changed, str(f)]) is None, changed
+    assert quick_main(["table", "--check", *QUICK_OPTS, str(f)]) is None  # without --gates
+    gates.write_text("my_gate_nr = 18\n")
+    assert quick_main(["table", "--check", *opts, str(f)]) is None
+    assert run_cli("table", "--check", *opts, str(f))[0] == 1  # the full check: stale
+    gates.write_text("my_gate_nr = 17\n")
+    # Options the quick path does not handle, and commands other than table --check.
+    for extra in (["--format", "json"], ["--embed"], ["--c"], ["--symbol", "t"], ["--bogus"]):
+        assert quick_main(["table", "--check", *opts, *extra, str(f)]) is None, extra
+    assert quick_main(["table", *opts, str(f)]) is None and quick_main(["scan", "--check", str(f)]) is None
+    assert quick_main(["table", "--check", *opts, str(f), str(tmp_path / "missing.exe")]) is None
+    # One byte of the binary anywhere, even outside the code the full check hashes.
+    data = f.read_bytes()
+    f.write_bytes(data + b"\0")
+    assert quick_main(["table", "--check", *opts, str(f)]) is None
+    f.write_bytes(data)
+    # The table changed after it was written: a site's gate number, with the CRC made right again.
+    t = bytearray(good)
+    t[struct.unpack_from("<I", t, 92)[0] + 12] ^= 1  # sites_off
+    struct.pack_into("<I", t, 12, zlib.crc32(bytes(t[:12]) + b"\0\0\0\0" + bytes(t[16:])))
+    tab.write_bytes(bytes(t))
+    assert quick_main(["table", "--check", *opts, str(f)]) is None
+    # The stamp of another table (the stamp covers the table's body too), and no stamp at all.
+    tab.write_bytes(good)
+    assert run_cli("table", *opts, "--model", "8,arbitrary", str(f), "-o", str(tmp_path / "other.gltab"))[0] == 0
+    tab.write_bytes(write_table(_unstamped(read_table(good))))
+    assert quick_main(["table", "--check", *opts, str(f)]) is None
+    assert run_cli("table", "--check", *opts, str(f))[0] == 0  # still fresh by the full check
+    assert quick_main(["table", "--check", *opts, str(f), "-o", str(tmp_path / "other.gltab")]) is None
+
+
+# ---------------------------------------------------------------------------------------------
 # Embedding
 
 OBJDUMP = shutil.which("objdump")
@@ -270,7 +363,7 @@ def test_embed_pe(exe: Path, tmp_path: Path) -> None:
     assert code == 0, err
     emb = f.read_bytes()
     table = read_table(extract(emb, "pe32").table)
-    assert table == _table(exe.name)
+    assert _unstamped(table) == _table(exe.name)
     assert extract(emb, "pe32").original == exe.read_bytes()
     # still a valid PE for pefile, lief, objdump
     pe = pefile.PE(data=emb)
@@ -324,7 +417,7 @@ def test_embed_rdv(drv: Path, tmp_path: Path) -> None:
     assert emb[len(orig) : declared] == bytes(max(0, declared - len(orig)))
     e = extract(emb, None)
     assert e is not None and e.kind == "rdv-trailer" and e.original == orig
-    assert read_table(e.table) == _table(drv.name)
+    assert _unstamped(read_table(e.table)) == _table(drv.name)
     a = [(s.address, s.shape, s.gate) for s in scan(open_image(drv), jobs=1).sites]
     b = [(s.address, s.shape, s.gate) for s in scan(open_image(f), jobs=1).sites]
     assert a == b
@@ -654,10 +747,10 @@ def test_locate_embedded_and_sidecar(tmp_path: Path) -> None:
         locate(open_image(f))
     assert run_cli("table", "--format", "json", str(f))[0] == 0
     got = locate(open_image(f))
-    assert got.where.endswith(".gltab.json") and got.table == _table("drv32_padded.rdv")
+    assert got.where.endswith(".gltab.json") and _unstamped(got.table) == _table("drv32_padded.rdv")
     assert run_cli("table", "--embed", str(f))[0] == 0
     got = locate(open_image(f))
-    assert got.where == "embedded" and got.table == _table("drv32_padded.rdv")
+    assert got.where == "embedded" and _unstamped(got.table) == _table("drv32_padded.rdv")
     assert got.image.data == (FIXTURES / "rdv" / "drv32_padded.rdv").read_bytes()
     other = tmp_path / "o.gltab"
     other.write_bytes(write_table(_table("drv16.rdv")))

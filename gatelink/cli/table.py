@@ -131,6 +131,10 @@ def table_cmd(
         for w in db.warnings:  # type: ignore[attr-defined]
             _err(f"warning: {w}")
     opts = _Options(fetch_model, forms, eager, pol, fmt, c, asm, symbol, embed, output, db, jobs, domains)
+    # What the stamp records of the options (gatelink.cli.quick.table_stamp, which reads it back).
+    opts.stamp_options = (f"{fetch_model.chunk},{fetch_model.order.value}", forms, eager, policy,
+                          selectors.replace(" ", "") if selectors is not None else "",
+                          (raw_opts.bitness, raw_opts.base) if raw_opts is not None else None)
     failed = False
     stale = False
     for f in files:
@@ -164,6 +168,7 @@ class _Options:
         self.model, self.forms, self.eager, self.policy = model, forms, eager, policy
         self.fmt, self.c, self.asm, self.symbol, self.embed, self.output = fmt, c, asm, symbol, embed, output
         self.db, self.jobs, self.domains = db, jobs, domains
+        self.stamp_options: tuple[object, ...] = ()
 
     def target(self, path: Path) -> Path:
         if self.output is not None:
@@ -197,6 +202,18 @@ def _write_one(inp: _Input, opts: _Options) -> None:
     for w in res.warnings:
         _err(f"warning: {inp.path}: {w}")
     table = build_table(res, opts.model, opts.forms, opts.eager, opts.policy, opts.domains)  # type: ignore[arg-type]
+    if opts.stamp_options:
+        import dataclasses
+        import hashlib
+
+        from ..table.binary import write_table
+        from .quick import body_sha256, table_stamp
+
+        model_t, forms_t, eager_t, policy_t, sel_t, raw_t = opts.stamp_options
+        stamp = table_stamp(table.build.gatelink, hashlib.sha256(inp.image.data).hexdigest(), model_t,  # type: ignore[arg-type]
+                            forms_t, eager_t, policy_t, sel_t, raw_t, table.build.gates,  # type: ignore[arg-type]
+                            body_sha256(write_table(table)))
+        table.build = dataclasses.replace(table.build, stamp=stamp)
     missing = sum(1 for s in table.sites if all(p is None for p in s.plans))
     if missing:
         _err(f"warning: {inp.path}: {missing} sites have no plan for the forms {','.join(opts.forms)} "

@@ -758,12 +758,13 @@ def _read(data: bytes, path: str) -> PatchTable:
         b = json.loads(data[build_off : build_off + build_size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("build info is not UTF-8 JSON") from None
-    if not isinstance(b, dict) or sorted(b) != sorted(BUILD_KEYS):
-        raise bad(f"build info must be a JSON object with keys {', '.join(BUILD_KEYS)}")
+    if not isinstance(b, dict) or sorted(k for k in b if k != "stamp") != sorted(BUILD_KEYS):
+        raise bad(f"build info must be a JSON object with keys {', '.join(BUILD_KEYS)} (and optionally stamp)")
     if not (isinstance(b["gatelink"], str) and b["eager"] in EAGER_NAMES and isinstance(b["gates"], list)
-            and all(isinstance(g, str) for g in b["gates"]) and isinstance(b["layout_sha256"], str)):
+            and all(isinstance(g, str) for g in b["gates"]) and isinstance(b["layout_sha256"], str)
+            and isinstance(b.get("stamp", ""), str) and b.get("stamp", "x") != ""):
         raise bad("build info has a field of the wrong type")
-    build = BuildInfo(b["gatelink"], b["eager"], tuple(b["gates"]), b["layout_sha256"])
+    build = BuildInfo(b["gatelink"], b["eager"], tuple(b["gates"]), b["layout_sha256"], b.get("stamp", ""))
 
     form_domains = {forms[s]: d for s, d in sorted(slot_domains.items())}
     for k, f in enumerate(forms):

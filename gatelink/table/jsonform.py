@@ -182,7 +182,7 @@ def _from_dict(d: dict, path: str) -> PatchTable:  # type: ignore[type-arg]
                              int(r["bitness"])) for r in d["regions"]],
         sites=sites, plans=plans, version=1, form_domains=fd,
         build=BuildInfo(str(b["gatelink"]), str(b["eager"]), tuple(str(g) for g in b["gates"]),
-                        str(b["layout_sha256"])),
+                        str(b["layout_sha256"]), str(b.get("stamp", ""))),
     )
 
 

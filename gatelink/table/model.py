@@ -153,10 +153,17 @@ class BuildInfo:
     eager: str = "certain"
     gates: tuple[str, ...] = ()
     layout_sha256: str = ""
+    # ``gatelink table`` only: a digest of the whole input file and every option that decides
+    # the table (:func:`gatelink.cli.quick.table_stamp`), so that ``--check`` can say
+    # "fresh" without reading more than the header (:mod:`gatelink.cli.quick`).
+    stamp: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {"eager": self.eager, "gatelink": self.gatelink, "gates": list(self.gates),
-                "layout_sha256": self.layout_sha256}
+        d: dict[str, object] = {"eager": self.eager, "gatelink": self.gatelink, "gates": list(self.gates),
+                                "layout_sha256": self.layout_sha256}
+        if self.stamp:
+            d["stamp"] = self.stamp
+        return d
 
 
 @dataclass
