@@ -19,7 +19,11 @@ __all__ = ["app", "main", "register_commands", "write_output"]
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command line and return its exit code (README, "Exit codes")."""
     args = sys.argv[1:] if argv is None else list(argv)
-    rc = quick_main(args)
+    try:
+        rc = quick_main(args)
+    except KeyboardInterrupt:  # as the full command line answers it
+        sys.stderr.write("gatelink: interrupted\n")
+        return 130
     if rc is not None:
         return rc
     from .run import main as full_main
@@ -33,11 +37,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(run, name)
     raise AttributeError(f"module 'gatelink.cli' has no attribute {name!r}")
-
-
-def _entry() -> None:  # pragma: no cover
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _entry()

@@ -30,6 +30,7 @@ STAMP_VERSION = 1
 # docs/table-format.md, "Header"
 _MAGIC = b"GLTB"
 _HEADER = 160
+_MAX_TABLE = 1 << 30  # total_size's bound
 _MODEL = re.compile(r"\(?\s*(\d+)\s*[,:]\s*(arbitrary|arb|monotone|mono)\s*\)?", re.IGNORECASE)
 _ORDERS = {"arbitrary": "arbitrary", "arb": "arbitrary", "monotone": "monotone", "mono": "monotone"}
 _CHUNKS = {1, 2, 4, 8, 16, 32, 64}
@@ -143,12 +144,20 @@ def _fresh(image_path: str, table_path: str, model: str, forms: tuple[str, ...],
            selectors: str, gates: tuple[str, ...]) -> bool:
     try:
         with open(table_path, "rb") as fh:
-            table = fh.read()
+            table = fh.read(_MAX_TABLE + 1)
+    except OSError:
+        return False
+    if (not _HEADER <= len(table) <= _MAX_TABLE or table[:4] != _MAGIC
+            or struct.unpack_from("<H", table, 4)[0] != 1):
+        return False
+    try:
+        # A sidecar's identity is the whole file: its size is in the header (file_size), so a
+        # binary of another size is stale without reading it.
+        if os.path.getsize(image_path) != struct.unpack_from("<Q", table, 24)[0]:
+            return False
         with open(image_path, "rb") as fh:
             image = fh.read()
     except OSError:
-        return False
-    if len(table) < _HEADER or table[:4] != _MAGIC or struct.unpack_from("<H", table, 4)[0] != 1:
         return False
     total, crc = struct.unpack_from("<II", table, 8)
     if total != len(table) or zlib.crc32(table[:12] + b"\0\0\0\0" + table[16:]) != crc:

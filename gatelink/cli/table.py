@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from ..formats import RawOptions
     from ..plan.model import Domain
+    from ..table.model import PatchTable
 
 from ..errors import EXIT_INPUT, InputError, UsageError
 from .batchopts import check_jobs, raw_options
@@ -130,11 +132,8 @@ def table_cmd(
         db = load_gates([str(g) for g in gates])
         for w in db.warnings:  # type: ignore[attr-defined]
             _err(f"warning: {w}")
-    opts = _Options(fetch_model, forms, eager, pol, fmt, c, asm, symbol, embed, output, db, jobs, domains)
-    # What the stamp records of the options (gatelink.cli.quick.table_stamp, which reads it back).
-    opts.stamp_options = (f"{fetch_model.chunk},{fetch_model.order.value}", forms, eager, policy,
-                          selectors.replace(" ", "") if selectors is not None else "",
-                          (raw_opts.bitness, raw_opts.base) if raw_opts is not None else None)
+    opts = _Options(fetch_model, forms, eager, pol, fmt, c, asm, symbol, embed, output, db, jobs, domains,
+                    (selectors or "").replace(" ", ""), raw_opts)
     failed = False
     stale = False
     for f in files:
@@ -164,11 +163,25 @@ def table_cmd(
 class _Options:
     def __init__(self, model: object, forms: tuple[str, ...], eager: str, policy: object, fmt: str, c: bool,
                  asm: bool, symbol: str, embed: bool, output: Path | None, db: object, jobs: int | None,
-                 domains: dict[str, Domain] | None = None) -> None:
+                 domains: dict[str, Domain] | None, selectors: str, raw: RawOptions | None) -> None:
         self.model, self.forms, self.eager, self.policy = model, forms, eager, policy
         self.fmt, self.c, self.asm, self.symbol, self.embed, self.output = fmt, c, asm, symbol, embed, output
         self.db, self.jobs, self.domains = db, jobs, domains
-        self.stamp_options: tuple[object, ...] = ()
+        self.selectors, self.raw = selectors, raw  # the --selectors text without spaces, for the stamp
+
+    def stamp(self, data: bytes, table: PatchTable) -> str:
+        """The stamp of ``table`` written for the input bytes ``data`` with these options, as
+        :func:`gatelink.cli.quick.table_stamp` recomputes it from a command line."""
+        import hashlib
+
+        from ..table.binary import write_table
+        from .quick import body_sha256, table_stamp
+
+        m = self.model
+        return table_stamp(table.build.gatelink, hashlib.sha256(data).hexdigest(),
+                           f"{m.chunk},{m.order.value}", self.forms, self.eager, self.policy.name,  # type: ignore[attr-defined]
+                           self.selectors, (self.raw.bitness, self.raw.base) if self.raw is not None else None,
+                           table.build.gates, body_sha256(write_table(table)))
 
     def target(self, path: Path) -> Path:
         if self.output is not None:
@@ -194,6 +207,8 @@ def _encode(table: object, opts: _Options, image_name: str) -> bytes | str:
 
 
 def _write_one(inp: _Input, opts: _Options) -> None:
+    import dataclasses
+
     from ..fsutil import atomic_write
     from ..scan import scan as run_scan
     from ..table.build import build_table
@@ -202,18 +217,7 @@ def _write_one(inp: _Input, opts: _Options) -> None:
     for w in res.warnings:
         _err(f"warning: {inp.path}: {w}")
     table = build_table(res, opts.model, opts.forms, opts.eager, opts.policy, opts.domains)  # type: ignore[arg-type]
-    if opts.stamp_options:
-        import dataclasses
-        import hashlib
-
-        from ..table.binary import write_table
-        from .quick import body_sha256, table_stamp
-
-        model_t, forms_t, eager_t, policy_t, sel_t, raw_t = opts.stamp_options
-        stamp = table_stamp(table.build.gatelink, hashlib.sha256(inp.image.data).hexdigest(), model_t,  # type: ignore[arg-type]
-                            forms_t, eager_t, policy_t, sel_t, raw_t, table.build.gates,  # type: ignore[arg-type]
-                            body_sha256(write_table(table)))
-        table.build = dataclasses.replace(table.build, stamp=stamp)
+    table.build = dataclasses.replace(table.build, stamp=opts.stamp(inp.image.data, table))
     missing = sum(1 for s in table.sites if all(p is None for p in s.plans))
     if missing:
         _err(f"warning: {inp.path}: {missing} sites have no plan for the forms {','.join(opts.forms)} "
