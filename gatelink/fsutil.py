@@ -1,6 +1,8 @@
-"""Writing files without losing anything: every output goes to a temporary file in the target's
-folder and is renamed over the target only once complete, so a crash or a full disk never
-leaves a half-written table or binary, and an input is never touched unless it is the target.
+"""Reading and writing files without losing anything: an input that cannot be read is one
+:class:`InputError` naming the file (:func:`read_input`); every output goes to a temporary file
+in the target's folder and is renamed over the target only once complete, so a crash or a full
+disk never leaves a half-written table or binary, and an input is never touched unless it is
+the target.
 """
 
 from __future__ import annotations
@@ -9,7 +11,32 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import InputError, UsageError
+
+
+def read_input(path: str | os.PathLike[str], what: str = "file", limit: int | None = None) -> bytes:
+    """The bytes of the input file ``path``, at most ``limit`` of them (``what`` names the file's
+    kind in the error). Raises :class:`InputError` naming the file when it is missing, a
+    folder, unreadable, or larger than ``limit`` (checked before reading, and again on what was
+    read, should the file grow in between)."""
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            if limit is None:
+                return f.read()
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(limit + 1) if size <= limit else b""
+            if size > limit or len(data) > limit:
+                raise InputError(p, f"{what} is {max(size, len(data))} bytes; at most {limit} are read")
+            return data
+    except FileNotFoundError:
+        raise InputError(p, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(p, "is a directory") from None
+    except PermissionError:
+        raise InputError(p, "permission denied") from None
+    except OSError as e:
+        raise InputError(p, f"cannot read: {e.strerror or e}") from None
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:

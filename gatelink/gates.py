@@ -27,6 +27,7 @@ from importlib import resources
 
 from .catalog import GateKind
 from .errors import InputError
+from .fsutil import read_input
 
 MAX_GATE_FILE = 16 << 20
 
@@ -154,20 +155,7 @@ def _install(db: GateDB, gates: list[Gate], path: str, digest: str, detail: str)
 
 
 def _load_file(path: str) -> tuple[list[Gate], str, list[str]]:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_GATE_FILE:
-            raise InputError(path, f"gate list is {size} bytes; at most {MAX_GATE_FILE} are read")
-        with open(path, "rb") as f:
-            raw = f.read()
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    raw = read_input(path, "gate list", MAX_GATE_FILE)
     text = raw.decode("latin-1")
     base = os.path.basename(path).lower()
     if base.endswith(".csv"):

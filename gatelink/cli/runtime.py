@@ -18,26 +18,10 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError, UsageError
+from ..fsutil import read_input
 from .common import _err, app
 
 MAX_TABLE_FILE = 256 << 20
-
-
-def _read(path: Path, what: str, limit: int | None = None) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if limit is not None and size > limit:
-            raise InputError(str(path), f"{what} is {size} bytes; at most {limit} are read")
-        with open(path, "rb") as f:
-            return f.read()
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(str(path), "no such file") from None
-    except IsADirectoryError:
-        raise InputError(str(path), "is a directory") from None
-    except OSError as e:
-        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
 
 
 def _load_table(table: Path | None, data: bytes, file: Path) -> tuple[object, bytes | None]:
@@ -51,7 +35,7 @@ def _load_table(table: Path | None, data: bytes, file: Path) -> tuple[object, by
         if emb is None:
             raise UsageError(f"{file}: no patch table embedded in it; give --table FILE.gltab")
         return read_table(emb.table, f"{file} (embedded table)"), emb.original
-    raw = _read(table, "table", MAX_TABLE_FILE)
+    raw = read_input(table, "table", MAX_TABLE_FILE)
     if raw[:4] == b"GLTB":
         t = read_table(raw, str(table))
     elif raw.lstrip()[:1] == b"{":
@@ -111,7 +95,7 @@ def apply_cmd(
         raise UsageError("--all and --eager-only exclude each other")
     out = _output(file, output, in_place)
     reg = _registry(registry, gates)
-    data = _read(file, "image")
+    data = read_input(file, "image")
     t, without = _load_table(table, data, file)
     patched, res = apply_image(t, data, reg, lazy=all_, path=str(file), without_table=without)  # type: ignore[arg-type]
     atomic_write(out, patched)
@@ -137,7 +121,7 @@ def unpatch_cmd(
     reg = _registry(registry, gates) if registry is not None else None
     if registry is None and gates:
         raise UsageError("--gates applies to --registry entries given by name")
-    data = _read(file, "image")
+    data = read_input(file, "image")
     t, without = _load_table(table, data, file)
     restored, res = unpatch_image(t, data, reg, path=str(file), without_table=without)  # type: ignore[arg-type]
     atomic_write(out, restored)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import InputError, UsageError
+from ..fsutil import read_input
 from ..image import Image
 from . import bootimg, pe, rdv
 from . import raw as raw_format
@@ -55,7 +56,7 @@ def open_image(path: str | os.PathLike[str], format: str | None = None, raw: Raw
         format = "raw"
     if format == "raw" and raw is None:
         raise UsageError("raw images need --bitness 16|32 (and optionally --base)")
-    data = _read(spath)
+    data = read_input(spath, "file", MAX_INPUT_BYTES)
     if format == "raw":
         assert raw is not None
         return raw_read(spath, data, raw)
@@ -87,20 +88,3 @@ def raw_read(path: str, data: bytes, opts: RawOptions) -> Image:
     return raw_format.read(path, data, opts.bitness, opts.base)
 
 
-def _read(path: str) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_INPUT_BYTES:
-            raise InputError(path, f"file is {size} bytes; gatelink reads at most {MAX_INPUT_BYTES}")
-        with open(path, "rb") as f:
-            return f.read()
-    except InputError:
-        raise
-    except IsADirectoryError:
-        raise InputError(path, "is a directory") from None
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None

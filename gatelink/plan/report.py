@@ -11,6 +11,7 @@ from typing import Any
 
 from ..decode import format_bytes
 from ..errors import InputError
+from ..fsutil import read_input
 from .builders import BUILDERS
 from .checker import Checker, CheckResult, PlanError
 from .export import PlanFormatError, instance, plan_json, read_plan
@@ -123,14 +124,7 @@ def plans_json(runs: Sequence[PlanRun]) -> str:
 
 
 def verify_file(path: Path, fmt: str) -> tuple[str, bool]:
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(str(path), "no such file") from None
-    except IsADirectoryError:
-        raise InputError(str(path), "is a directory") from None
-    except OSError as e:
-        raise InputError(str(path), f"cannot read: {e.strerror or e}") from None
+    raw = read_input(path)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:

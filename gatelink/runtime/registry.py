@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ..catalog import GateKind
 from ..errors import InputError
+from ..fsutil import read_input
 from ..gates import GateDB
 
 REGISTRY_VERSION = 1
@@ -131,20 +132,7 @@ def load_registry(path: str | os.PathLike[str], gates: GateDB | None = None) -> 
     """Read and validate a registry file. ``gates`` resolves entries given by name (default:
     the bundled gate list). Raises :class:`InputError` naming the file for every problem."""
     p = os.fspath(path)
-    try:
-        size = os.path.getsize(p)
-        if size > MAX_REGISTRY_FILE:
-            raise InputError(p, f"registry is {size} bytes; at most {MAX_REGISTRY_FILE} are read")
-        with open(p, "rb") as f:
-            raw = f.read(MAX_REGISTRY_FILE + 1)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(p, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(p, "is a directory") from None
-    except OSError as e:
-        raise InputError(p, f"cannot read: {e.strerror or e}") from None
+    raw = read_input(p, "registry", MAX_REGISTRY_FILE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

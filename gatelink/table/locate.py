@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ..fsutil import read_input
 from ..image import Image
 from .binary import TableError, read_table
 from .check import check_identity
@@ -43,13 +43,7 @@ def image_without_table(image: Image) -> tuple[Image, bytes | None]:
 
 def read_table_file(path: str) -> PatchTable:
     """A table file: binary, or the JSON mirror (``.json``)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    data = read_input(path, "table")
     if path.endswith(".json"):
         from .jsonform import read_json
 
