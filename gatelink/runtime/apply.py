@@ -144,30 +144,33 @@ def apply(table: PatchTable, memory: Memory, registry: Registry, placement: Plac
         more = f" (and {nbad - len(bad)} more)" if nbad > len(bad) else ""
         raise ImageMismatch(path, f"{nbad} of {len(todo)} sites do not hold the bytes the table records; "
                                   f"nothing written: {'; '.join(bad)}{more}")
-    if buf is not None:
-        for addr, fin in finals:
-            buf[addr : addr + len(fin)] = fin
-    else:
-        write = getattr(memory, "write", None)
-        for addr, fin in finals:
-            if write is not None:
-                write(addr, fin)
-            else:
-                _store_all(memory, addr, fin)
+    _write_all(memory, finals)
     res.forms.update(forms)
     res.lazy_left = len(sites) - len(todo)
     return res
 
 
-def _store_all(memory: Memory, addr: int, data: bytes) -> None:
-    """Plain writes of any length as naturally aligned 8/4/2/1-byte stores."""
-    pos = 0
-    while pos < len(data):
-        for n in (8, 4, 2, 1):
-            if pos + n <= len(data) and (addr + pos) % n == 0:
-                memory.store(addr + pos, data[pos : pos + n])
-                pos += n
-                break
+def _write_all(memory: Memory, writes: list[tuple[int, bytes]]) -> None:
+    """Plain writes (no code runs yet, so no plan is needed), each of bytes its caller has
+    already read at that address: in place into an image's bytes; else through the memory's
+    ``write`` where it has one, or as naturally aligned 8/4/2/1-byte stores."""
+    if isinstance(memory, ImageMemory):
+        buf = memory.data
+        for addr, data in writes:
+            buf[addr : addr + len(data)] = data
+        return
+    write = getattr(memory, "write", None)
+    for addr, data in writes:
+        if write is not None:
+            write(addr, data)
+            continue
+        pos = 0
+        while pos < len(data):
+            for n in (8, 4, 2, 1):
+                if pos + n <= len(data) and (addr + pos) % n == 0:
+                    memory.store(addr + pos, data[pos : pos + n])
+                    pos += n
+                    break
 
 
 def apply_image(table: PatchTable, data: bytes | bytearray, registry: Registry, lazy: bool = False,
@@ -269,12 +272,7 @@ def unpatch(table: PatchTable, memory: Memory, registry: Registry | None = None,
         more = f" (and {nbad - len(bad)} more)" if nbad > len(bad) else ""
         raise ImageMismatch(path, f"{nbad} sites hold bytes unpatch cannot restore; nothing written: "
                                   f"{'; '.join(bad)}{more}")
-    write = getattr(memory, "write", None)
-    for addr, orig in restore:
-        if write is not None:
-            write(addr, orig)
-        else:
-            _store_all(memory, addr, orig)
+    _write_all(memory, restore)
     return res
 
 

@@ -145,6 +145,20 @@ def decode_atom(u: int) -> int | None:
     return var(f, value)
 
 
+def _decode_atoms(units: tuple[int, ...], n: int, byte: str, past: str) -> tuple[int, ...]:
+    """The atoms of the first ``n`` u16 ``units`` (the rest must be zero); ValueError names the
+    first unit that is wrong (``byte`` and ``past`` word the message)."""
+    atoms = []
+    for j, u in enumerate(units[:n]):
+        a = decode_atom(u)
+        if a is None:
+            raise ValueError(f"{byte} {j} is not a valid atom ({u:#06x})")
+        atoms.append(a)
+    if any(units[n:]):
+        raise ValueError(f"{past} not zero")
+    return tuple(atoms)
+
+
 def _atoms_bytes(atoms: Iterable[int], slots: int) -> bytes:
     enc = [encode_atom(a) for a in atoms]
     if len(enc) > slots:
@@ -499,17 +513,11 @@ def _read(data: bytes, path: str) -> PatchTable:
         elif kind == 0:
             if width not in (1, 2, 4, 8):
                 raise bad(f"step {i}: write width {width} is not 1, 2, 4 or 8")
-            us = struct.unpack_from("<8H", raw)
-            atoms = []
-            for j, u in enumerate(us):
-                if j < width:
-                    a = decode_atom(u)
-                    if a is None:
-                        raise bad(f"step {i}: data byte {j} is not a valid atom ({u:#06x})")
-                    atoms.append(a)
-                elif u:
-                    raise bad(f"step {i}: data past its width is not zero")
-            step_list.append(PlanStep(off, tuple(atoms)))
+            try:
+                atoms = _decode_atoms(struct.unpack_from("<8H", raw), width, "data byte", "data past its width is")
+            except ValueError as e:
+                raise bad(f"step {i}: {e}") from None
+            step_list.append(PlanStep(off, atoms))
         else:
             raise bad(f"step {i}: unknown kind {kind}")
 
@@ -591,16 +599,10 @@ def _read(data: bytes, path: str) -> PatchTable:
             raise bad(f"{where}: syncs {syncs} / writes {writes} do not match its steps")
         if syncs > 3 or writes < 1:
             raise bad(f"{where}: {syncs} syncs and {writes} writes")
-        us = struct.unpack_from("<16H", raw)
-        final = []
-        for j, u in enumerate(us):
-            if j < length:
-                a = decode_atom(u)
-                if a is None:
-                    raise bad(f"{where}: final byte {j} is not a valid atom ({u:#06x})")
-                final.append(a)
-            elif u:
-                raise bad(f"{where}: final bytes past its length are not zero")
+        try:
+            final = _decode_atoms(struct.unpack_from("<16H", raw), length, "final byte", "final bytes past its length are")
+        except ValueError as e:
+            raise bad(f"{where}: {e}") from None
         last: dict[int, int] = {}
         for k, st in enumerate(steps):
             if st.is_sync:
