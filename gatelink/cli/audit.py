@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import EXIT_INPUT, UsageError
-from .common import _width, app, write_output
+from .common import BaseOption, BitnessOption, RawFlag, _width, app, write_output
 
 AUDIT_FORMATS = ("text", "json", "csv", "sarif", "html")
 INPUT_FORMATS = ("pe", "rdv", "bootimg", "raw")
@@ -46,9 +46,9 @@ def audit_cmd(
     form: Annotated[str, typer.Option("--form", help="Final form the plans patch to: far (default), callgate, near, pushcs, undefined.")] = "far",
     policy: Annotated[str, typer.Option("--policy", help="Invalid-selector policy: rdos (default) or strict.")] = "rdos",
     eager: Annotated[str, typer.Option("--eager", help="Which sites a table patches up front: certain (default; likely ones lazily), all, none.")] = "certain",
-    raw: Annotated[bool, typer.Option("--raw", help="Read the files as raw images (no headers); needs --bitness.")] = False,
-    bitness: Annotated[Optional[int], typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
+    raw: RawFlag = False,
+    bitness: BitnessOption = None,
+    base: BaseOption = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list to use (os.def, user.def, OW header, CSV); replaces the bundled names for the kinds it defines. Repeatable.")] = [],  # noqa: B006
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes for scanning (default: one per CPU).")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep scan results in this folder by content hash: unchanged inputs are not scanned again.")] = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -53,6 +53,12 @@ def _parse_int(text: str, what: str) -> int:
     except ValueError:
         raise UsageError(f"{what} must be a number (decimal or 0x hex), not {text!r}") from None
 
+
+# The raw-image options, the same in every command that reads binaries (batchopts.raw_options
+# turns them into RawOptions).
+RawFlag = Annotated[bool, typer.Option("--raw", help="Read the files as raw images (no headers); needs --bitness.")]
+BitnessOption = Annotated[Optional[int], typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")]
+BaseOption = Annotated[Optional[str], typer.Option("--base", help="Load address of a raw image (default 0).")]
 
 
 EXIT_UNSAFE = 1  # verify: a plan was checked and is not safe

@@ -10,7 +10,15 @@ import typer
 
 from ..errors import UsageError
 from .batchopts import check_jobs, raw_options
-from .common import EXIT_UNSAFE, _err, _policy, app, write_output
+from .common import (
+    EXIT_UNSAFE,
+    BaseOption,
+    BitnessOption,
+    _err,
+    _policy,
+    app,
+    write_output,
+)
 
 REPORT_FORMATS = ("text", "json")
 
@@ -27,8 +35,8 @@ def pad_cmd(
     form: Annotated[list[str], typer.Option("--form", help="Final form(s) the plans must reach with no sync: far (default), callgate, near, pushcs. Repeatable.")] = [],  # noqa: B006
     policy: Annotated[str, typer.Option("--policy", help="Invalid-selector policy: rdos or strict.")] = "rdos",
     raw: Annotated[bool, typer.Option("--raw", help="Read FILE as a raw image (no headers); needs --bitness.")] = False,
-    bitness: Annotated[int | None, typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
+    bitness: BitnessOption = None,
+    base: BaseOption = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list for names in the report (os.def, user.def, OW header, CSV). Repeatable.")] = [],  # noqa: B006
     all_: Annotated[bool, typer.Option("--all", help="List kept sites in the text report too.")] = False,
     certain_only: Annotated[bool, typer.Option("--certain-only", help="Rewrite only sites the scanner proved certain; refuse likely ones (reason not-certain).")] = False,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import EXIT_INPUT, UsageError
-from .common import _width, app, write_output
+from .common import BaseOption, BitnessOption, RawFlag, _width, app, write_output
 
 OUTPUT_FORMATS = ("text", "json", "csv")
 INPUT_FORMATS = ("pe", "rdv", "bootimg", "raw")
@@ -44,9 +44,9 @@ def scan_cmd(
     format: Annotated[list[str], typer.Option("--format", "-f", help="Output format text|json|csv (default text); also accepts an input format pe|rdv|bootimg|raw to override detection. Repeatable.")] = [],  # noqa: B006
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results here (atomically) instead of stdout.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="List near misses in text and CSV output too (JSON always has them).")] = False,
-    raw: Annotated[bool, typer.Option("--raw", help="Read the files as raw images (no headers); needs --bitness.")] = False,
-    bitness: Annotated[Optional[int], typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
+    raw: RawFlag = False,
+    bitness: BitnessOption = None,
+    base: BaseOption = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list to use (os.def, user.def, OW header, CSV); replaces the bundled names for the kinds it defines. Repeatable.")] = [],  # noqa: B006
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes (default: one per CPU): several files are shared out between them, one file's large code regions otherwise. The result is the same for any number.")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep results in this folder by content hash: unchanged inputs are not scanned again.")] = None,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 from ..errors import EXIT_INPUT, InputError, UsageError
 from .batchopts import check_jobs, raw_options
-from .common import _err, _policy, app
+from .common import BaseOption, BitnessOption, RawFlag, _err, _policy, app
 
 EXIT_STALE = 1
 TABLE_FORMATS = ("binary", "json")
@@ -73,9 +73,9 @@ def table_cmd(
     format: Annotated[str, typer.Option("--format", "-f", help="binary (default) or json (the JSON mirror).")] = "binary",
     check: Annotated[bool, typer.Option("--check", help="Write nothing: exit 0 if the existing table is up to date with the input and options, 1 if stale or missing.")] = False,
     policy: Annotated[str, typer.Option("--policy", help="Invalid-selector policy: rdos (default) or strict.")] = "rdos",
-    raw: Annotated[bool, typer.Option("--raw", help="Read the files as raw images (no headers); needs --bitness.")] = False,
-    bitness: Annotated[int | None, typer.Option("--bitness", help="Code bitness of a raw image: 16 or 32.")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Load address of a raw image (default 0).")] = None,
+    raw: RawFlag = False,
+    bitness: BitnessOption = None,
+    base: BaseOption = None,
     gates: Annotated[list[Path], typer.Option("--gates", help="Gate list (os.def, user.def, OW header, CSV), as for scan. Repeatable.")] = [],  # noqa: B006
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Scanner worker processes (the result is the same for any number).")] = None,
     selectors: Annotated[str | None, typer.Option("--selectors", help="Selectors the kernel fills in at patch time (the plans are proven for exactly these): values and ranges, e.g. 0x23 or 0x400-0xFFF/8. Default: RDOS code selectors 0x400..0xFFF step 8 (call gates 0x403.. for callgate).")] = None,
