@@ -124,56 +124,41 @@ void gl_h_bench_far_target(void);
 void gl_h_bench_near_target(void);
 void gl_h_target(frame *f, uint32_t far);
 
+/* Call t->entry with the registers and flags of t (esp saved in t->esp0 for the check), then
+ * store what came back; `call` is the one instruction the 32-bit and 16-bit callers differ in. */
+#define GL_H_CALLER(name, call)                                                                    \
+    ".globl " name "\n" name ":\n"                                                                 \
+    "  pushl %ebp\n  pushl %ebx\n  pushl %esi\n  pushl %edi\n"                                     \
+    "  movl 20(%esp), %ecx\n"                                                                      \
+    "  movl 4(%ecx), %eax\n  movl 8(%ecx), %edx\n  movl 12(%ecx), %ebx\n"                          \
+    "  movl 16(%ecx), %esi\n  movl 20(%ecx), %edi\n  movl 24(%ecx), %ebp\n"                        \
+    "  movl %esp, 28(%ecx)\n"                                                                      \
+    "  pushl 32(%ecx)\n  popfl\n"                                                                  \
+    "  " call "\n"                                                                                 \
+    "  pushfl\n  popl 40(%ecx)\n"                                                                  \
+    "  movl %eax, 44(%ecx)\n  movl %edx, 48(%ecx)\n  movl %ebx, 52(%ecx)\n"                        \
+    "  movl %esi, 56(%ecx)\n  movl %edi, 60(%ecx)\n  movl %ebp, 64(%ecx)\n"                        \
+    "  movl %esp, 68(%ecx)\n  movl %ecx, 72(%ecx)\n"                                               \
+    "  cld\n"                                                                                      \
+    "  popl %edi\n  popl %esi\n  popl %ebx\n  popl %ebp\n"                                         \
+    "  ret\n"
+
+/* The targets' common code: [esp] gate, then the return eip (and cs for a far call); flags
+ * saved before anything else; gl_h_target(frame, far) on a 16-byte aligned stack. */
+#define GL_H_COMMON(name, far, ret)                                                                \
+    ".globl " name "\n" name ":\n"                                                                 \
+    "  pushfl\n  pushal\n"                                                                         \
+    "  movl %esp, %ebx\n  andl $-16, %esp\n  subl $8, %esp\n"                                      \
+    "  pushl $" far "\n  pushl %ebx\n  cld\n  call gl_h_target\n"                                  \
+    "  movl %ebx, %esp\n  popal\n  popfl\n"                                                        \
+    "  leal 4(%esp), %esp\n"                                                                       \
+    "  " ret "\n"
+
 __asm__(".text\n"
-        ".globl gl_h_call32\n"
-        "gl_h_call32:\n"
-        "  pushl %ebp\n  pushl %ebx\n  pushl %esi\n  pushl %edi\n"
-        "  movl 20(%esp), %ecx\n"
-        "  movl 4(%ecx), %eax\n  movl 8(%ecx), %edx\n  movl 12(%ecx), %ebx\n"
-        "  movl 16(%ecx), %esi\n  movl 20(%ecx), %edi\n  movl 24(%ecx), %ebp\n"
-        "  movl %esp, 28(%ecx)\n"
-        "  pushl 32(%ecx)\n  popfl\n"
-        "  call *36(%ecx)\n"
-        "  pushfl\n  popl 40(%ecx)\n"
-        "  movl %eax, 44(%ecx)\n  movl %edx, 48(%ecx)\n  movl %ebx, 52(%ecx)\n"
-        "  movl %esi, 56(%ecx)\n  movl %edi, 60(%ecx)\n  movl %ebp, 64(%ecx)\n"
-        "  movl %esp, 68(%ecx)\n  movl %ecx, 72(%ecx)\n"
-        "  cld\n"
-        "  popl %edi\n  popl %esi\n  popl %ebx\n  popl %ebp\n"
-        "  ret\n"
-        ".globl gl_h_call16\n"
-        "gl_h_call16:\n"
-        "  pushl %ebp\n  pushl %ebx\n  pushl %esi\n  pushl %edi\n"
-        "  movl 20(%esp), %ecx\n"
-        "  movl 4(%ecx), %eax\n  movl 8(%ecx), %edx\n  movl 12(%ecx), %ebx\n"
-        "  movl 16(%ecx), %esi\n  movl 20(%ecx), %edi\n  movl 24(%ecx), %ebp\n"
-        "  movl %esp, 28(%ecx)\n"
-        "  pushl 32(%ecx)\n  popfl\n"
-        "  lcall *76(%ecx)\n"
-        "  pushfl\n  popl 40(%ecx)\n"
-        "  movl %eax, 44(%ecx)\n  movl %edx, 48(%ecx)\n  movl %ebx, 52(%ecx)\n"
-        "  movl %esi, 56(%ecx)\n  movl %edi, 60(%ecx)\n  movl %ebp, 64(%ecx)\n"
-        "  movl %esp, 68(%ecx)\n  movl %ecx, 72(%ecx)\n"
-        "  cld\n"
-        "  popl %edi\n  popl %esi\n  popl %ebx\n  popl %ebp\n"
-        "  ret\n"
-        /* far targets: [esp] gate, then return eip and cs; flags saved before anything else */
-        ".globl gl_h_far_common\n"
-        "gl_h_far_common:\n"
-        "  pushfl\n  pushal\n"
-        "  movl %esp, %ebx\n  andl $-16, %esp\n  subl $8, %esp\n"
-        "  pushl $1\n  pushl %ebx\n  cld\n  call gl_h_target\n"
-        "  movl %ebx, %esp\n  popal\n  popfl\n"
-        "  leal 4(%esp), %esp\n"
-        "  lret\n"
-        ".globl gl_h_near_common\n"
-        "gl_h_near_common:\n"
-        "  pushfl\n  pushal\n"
-        "  movl %esp, %ebx\n  andl $-16, %esp\n  subl $8, %esp\n"
-        "  pushl $0\n  pushl %ebx\n  cld\n  call gl_h_target\n"
-        "  movl %ebx, %esp\n  popal\n  popfl\n"
-        "  leal 4(%esp), %esp\n"
-        "  ret\n"
+        GL_H_CALLER("gl_h_call32", "call *36(%ecx)")
+        GL_H_CALLER("gl_h_call16", "lcall *76(%ecx)")
+        GL_H_COMMON("gl_h_far_common", "1", "lret")
+        GL_H_COMMON("gl_h_near_common", "0", "ret")
         ".globl gl_h_bench_far_target\n"
         "gl_h_bench_far_target:\n"
         "  lret\n"
