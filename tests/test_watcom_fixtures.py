@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pefile
 import pytest
 from conftest import FIXTURES
 
@@ -65,29 +66,18 @@ def code_views(t: dict) -> dict[str, tuple[int, int, int, int]]:
 
 
 def pe_relocs(data: bytes) -> list[int]:
-    """HIGHLOW base relocations (absolute addresses), read from the PE layout directly."""
-    e = struct.unpack_from("<I", data, 0x3C)[0]
-    opt = e + 24
-    base = struct.unpack_from("<I", data, opt + 28)[0]
-    rva, size = struct.unpack_from("<II", data, opt + 96 + 5 * 8)
-    nsec, optsz = struct.unpack_from("<H", data, e + 6)[0], struct.unpack_from("<H", data, e + 20)[0]
-    off = None
-    for i in range(nsec):
-        o = e + 24 + optsz + 40 * i
-        vsize, va, rsize, roff = struct.unpack_from("<IIII", data, o + 8)
-        if va <= rva < va + max(vsize, rsize):
-            off = roff + rva - va
-    assert off is not None and size, "no base relocation directory"
-    out, end = [], off + size
-    while off < end:
-        page, bsize = struct.unpack_from("<II", data, off)
-        assert bsize >= 8
-        for k in range(8, bsize, 2):
-            (v,) = struct.unpack_from("<H", data, off + k)
-            assert v >> 12 in (0, 3), f"relocation type {v >> 12}"
-            if v >> 12 == 3:
-                out.append(base + page + (v & 0xFFF))
-        off += bsize
+    """HIGHLOW base relocations (absolute addresses), read by pefile: a reader independent of
+    the generator's own (fixtures/watcom/wgen.py, reloc_sites)."""
+    pe = pefile.PE(data=data, fast_load=True)
+    pe.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_BASERELOC"]])
+    blocks = getattr(pe, "DIRECTORY_ENTRY_BASERELOC", [])
+    assert blocks, "no base relocation directory"
+    out = []
+    for block in blocks:
+        for r in block.entries:
+            assert r.type in (0, 3), f"relocation type {r.type}"
+            if r.type == 3:
+                out.append(pe.OPTIONAL_HEADER.ImageBase + r.rva)
     return out
 
 
